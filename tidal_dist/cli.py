@@ -1,0 +1,107 @@
+"""Command line: `tidal-dist SUBCOMMAND ...` or `python -m tidal_dist SUBCOMMAND ...`.
+
+    tidal-dist prepare --source fashion-mnist --out data/shards/fashion_mnist
+    tidal-dist inspect data/shards/fashion_mnist --verify
+    accelerate launch -m tidal_dist run --config configs/cifar10.yaml run.dir=runs/c10 run.seed=1
+    tidal-dist train --config configs/fashion_mnist_demo.yaml    # one training cycle, no AL loop
+
+Bad input (UserError) prints one clear line and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tidal_dist.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.epochs=10 run.dir=runs/x")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidal-dist", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="write a dataset as WebDataset shards + manifest")
+    p.add_argument("--source", required=True,
+                   help="fashion-mnist[:DIR] | cifar10 | cifar100 | svhn | torchvision:NAME[:DIR] | "
+                        "imagefolder:ROOT | synthetic:N,C,HxW[,channels]")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--shard-size", type=int, default=5000, help="samples per shard (default 5000)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="imagefolder: skip unreadable images and count them instead of failing")
+
+    p = sub.add_parser("inspect", help="print a prepared dataset's manifest summary")
+    p.add_argument("root", help="folder written by `prepare`")
+    p.add_argument("--verify", action="store_true", help="re-hash every shard against the manifest")
+
+    p = sub.add_parser("train", help="train one cycle on the initial labeled set and evaluate")
+    _add_config_args(p)
+
+    p = sub.add_parser("run", help="run the active-learning experiment (resumes if the run dir exists)")
+    _add_config_args(p)
+    return parser
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tidal_dist.data.manifest import summary
+    from tidal_dist.data.shards import prepare
+
+    manifest = prepare(args.source, args.out, shard_size=args.shard_size, skip_bad=args.skip_bad)
+    print(summary(manifest))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tidal_dist.data.manifest import load_manifest, summary, verify
+
+    manifest = load_manifest(args.root)
+    print(summary(manifest))
+    if args.verify:
+        problems = verify(args.root)
+        if problems:
+            for line in problems:
+                print(f"BAD: {line}", file=sys.stderr)
+            print(f"verify: {len(problems)} problem(s) in {args.root}", file=sys.stderr)
+            return 1
+        print(f"verify: all shards match their sha256 in {args.root}/manifest.json")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tidal_dist.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # config errors before the heavy imports
+    from tidal_dist.train import train_main
+
+    return train_main(cfg)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tidal_dist.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from tidal_dist.loop import run_main
+
+    return run_main(cfg)
+
+
+COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "train": cmd_train, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        from tidal_dist.distributed import rank, world_size
+
+        where = f"[rank {rank()}] " if world_size() > 1 else ""
+        print(f"tidal-dist {args.command}: error: {where}{e}", file=sys.stderr)
+        return EXIT_USER_ERROR

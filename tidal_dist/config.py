@@ -1,0 +1,317 @@
+"""Typed configuration: nested dataclasses loaded from YAML, with `section.key=value` overrides.
+
+    cfg = load_config("configs/cifar10.yaml", ["train.epochs=50", "run.dir=/runs/c10"])
+
+Values are parsed with yaml.safe_load (never eval) and checked against the field's annotation.
+An unknown key or a value of the wrong type raises UserError naming the key and, for typos, the
+closest valid keys. A bare `key=value` is accepted when exactly one section has that key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from tidal_dist.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/shards/fashion_mnist"  # a folder written by `tidal-dist prepare`
+    imbalance_ratio: float | None = None  # long-tailed pool (>= 1); the test split stays balanced
+    train_transform: Literal["crop_flip", "random_resized_crop", "none"] = "crop_flip"
+    eval_transform: Literal["none", "resize_center_crop"] = "none"
+    crop_padding: int = 4  # crop_flip: zero-pad then random crop back to the image size
+    image_size: int | None = None  # resize target for random_resized_crop / resize_center_crop
+    num_workers: int = 2  # DataLoader workers per rank
+    verify_shards: bool = True  # sha256 of every shard checked against the manifest on first open
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["small_cnn", "resnet18_cifar", "resnet18", "resnet50"] = "resnet18_cifar"
+    weights: str | None = None  # a local torchvision state_dict file for resnet18/resnet50
+    td_hidden: int = 128  # per-stage width of the TD prediction module (tidal-method.md)
+    width: int = 16  # small_cnn only: channels of the first stage
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128  # global batch: split evenly over the ranks
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # LR x lr_gamma at these fractions of train.epochs: the protocol's epoch 160 of 200 is 0.8.
+    lr_decay_at: list[float] = field(default_factory=lambda: [0.8])
+    lr_gamma: float = 0.1
+    td_weight: float = 1.0  # lambda in L = CE + lambda * KL(TD target || module prediction)
+    engine: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: int = 2
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    channels_last: bool | None = None  # None: on for GPU, off for CPU
+    eval_batch_size: int = 256
+    checkpoint_every: int = 10  # epochs between mid-cycle checkpoints (0: only at cycle end)
+    timeout_s: int = 300  # process-group timeout: a dead rank ends the job within this bound
+
+
+@dataclass
+class ALConfig:
+    initial: int = 1000
+    budget: int = 1000  # samples labeled per cycle
+    cycles: int = 10
+    subset_size: int | Literal["all"] = 10000  # candidates drawn from the unlabeled pool per cycle
+    subset_seed: int = 0  # candidate subsets are drawn with this seed, apart from run.seed
+    strategy: str = "tidal_entropy"
+    oracle: Literal["simulated", "file"] = "simulated"
+    score_batch_size: int = 256
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    seed: int = 0
+    deterministic: bool = False
+    log_every: int = 20  # steps between progress-bar postfix updates
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    al: ALConfig = field(default_factory=ALConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+# Keys that may change between invocations on the same run directory without making it "another
+# config": they affect speed or how far the run goes, not what the finished cycles mean.
+MUTABLE_KEYS = frozenset(
+    {"data.num_workers", "data.verify_shards", "al.cycles", "run.log_every", "train.timeout_s",
+     "train.checkpoint_every"}
+)
+
+
+def all_keys() -> list[str]:
+    keys = []
+    for section, cls in typing.get_type_hints(Config).items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _suggest(key: str) -> str:
+    keys = all_keys()
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    if not close:  # also match on the last part alone: "epoch" -> train.epochs
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in keys if k.rsplit(".", 1)[-1] in
+                 difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=3, cutoff=0.6)]
+    return f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(keys)}"
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return `value` converted to `tp`, or raise TypeError. Only lossless conversions."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError
+        return [_coerce(v, typing.get_args(tp)[0]) for v in value]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # paths like run.dir=2024 parse as numbers
+        raise TypeError
+    raise TypeError
+
+
+def _set(cfg: Config, key: str, value: Any, origin: str) -> None:
+    parts = key.split(".")
+    hints = typing.get_type_hints(Config)
+    if len(parts) != 2 or parts[0] not in hints:
+        raise UserError(f"{origin}: unknown config key '{key}'{_suggest(key)}")
+    section, name = parts
+    section_obj = getattr(cfg, section)
+    field_types = typing.get_type_hints(type(section_obj))
+    if name not in field_types:
+        raise UserError(f"{origin}: unknown config key '{key}'{_suggest(key)}")
+    tp = field_types[name]
+    try:
+        setattr(section_obj, name, _coerce(value, tp))
+    except TypeError:
+        raise UserError(
+            f"{origin}: config key '{key}' expects {_type_name(tp)}, got {value!r}"
+        ) from None
+
+
+def _expand_bare_key(key: str, origin: str) -> str:
+    if "." in key:
+        return key
+    owners = [k for k in all_keys() if k.endswith("." + key)]
+    if len(owners) == 1:
+        return owners[0]
+    if len(owners) > 1:
+        raise UserError(f"{origin}: key '{key}' is ambiguous; write one of {', '.join(owners)}")
+    raise UserError(f"{origin}: unknown config key '{key}'{_suggest(key)}")
+
+
+def apply_dict(cfg: Config, data: dict[str, Any], origin: str) -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"{origin}: expected a mapping of sections (data, model, train, al, run)")
+    for section, values in data.items():
+        if isinstance(values, dict):
+            for name, value in values.items():
+                _set(cfg, f"{section}.{name}", value, origin)
+        else:
+            _set(cfg, _expand_bare_key(str(section), origin), values, origin)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}': expected key=value, e.g. train.epochs=10")
+    key, raw = text.split("=", 1)
+    key = _expand_bare_key(key.strip(), f"override '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as e:
+        raise UserError(f"override '{text}': cannot parse value: {e}") from None
+    return key, value
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span more than one field's type."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise UserError(f"config key '{key}': {what}")
+
+    need(cfg.data.imbalance_ratio is None or cfg.data.imbalance_ratio >= 1,
+         "data.imbalance_ratio", f"must be >= 1 (got {cfg.data.imbalance_ratio})")
+    need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
+    need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(cfg.train.zero_stage in (0, 1, 2), "train.zero_stage", "must be 0, 1 or 2")
+    need(all(0 < f <= 1 for f in cfg.train.lr_decay_at), "train.lr_decay_at",
+         "fractions of train.epochs in (0, 1]")
+    need(cfg.al.initial >= 1, "al.initial", "must be >= 1")
+    need(cfg.al.budget >= 0, "al.budget", "must be >= 0")
+    need(cfg.al.cycles >= 1, "al.cycles", "must be >= 1")
+    need(cfg.al.subset_size == "all" or cfg.al.subset_size >= 1, "al.subset_size",
+         "must be 'all' or >= 1")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file '{path}': not valid YAML: {e}") from None
+        apply_dict(cfg, data, f"config file '{path}'")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value, f"override '{text}'")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "config") -> Config:
+    cfg = Config()
+    apply_dict(cfg, data, origin)
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, section in cfg.to_dict().items() for k, v in section.items()}
+
+
+def diff(old: Config, new: Config, ignore: frozenset[str] = MUTABLE_KEYS) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every key that differs, outside `ignore`."""
+    a, b = flatten(old), flatten(new)
+    return [(k, a[k], b[k]) for k in a if a[k] != b[k] and k not in ignore]
+
+
+RUN_CONFIG_NAME = "config.yaml"
+
+
+def bind_run_dir(cfg: Config, write: bool) -> Path:
+    """Tie `cfg` to its run directory: write the resolved config there on first use, refuse a
+    directory created with a different config afterwards (listing the differing keys).
+
+    Only rank 0 passes write=True; the other ranks only check.
+    """
+    from tidal_dist.fsutil import atomic_write_text
+
+    run_dir = Path(cfg.run.dir)
+    saved_path = run_dir / RUN_CONFIG_NAME
+    if saved_path.exists():
+        try:
+            saved = config_from_dict(yaml.safe_load(saved_path.read_text()) or {}, str(saved_path))
+        except UserError as e:
+            raise UserError(f"run directory '{run_dir}' holds a config this version cannot read: {e}") from None
+        changed = diff(saved, cfg)
+        if changed:
+            lines = "\n".join(f"  {k}: {a!r} (run dir) != {b!r} (now)" for k, a, b in changed)
+            raise UserError(
+                f"run directory '{run_dir}' was created with a different config:\n{lines}\n"
+                f"use another run.dir, or the same settings to resume"
+            )
+        if write and diff(saved, cfg, ignore=frozenset()):
+            atomic_write_text(saved_path, to_yaml(cfg))  # record the new mutable values
+    elif write:
+        atomic_write_text(saved_path, to_yaml(cfg))
+    return run_dir

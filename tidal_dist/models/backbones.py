@@ -1,0 +1,262 @@
+"""Classifier backbones. Every backbone returns (logits, [f1, f2, f3, f4]): the class logits and the
+feature maps of its four stages, which feed the TD prediction module (tidal-method.md).
+
+Every backbone also exposes `stage_channels` (channels of f1..f4) and `num_classes`. All of them end
+in adaptive pooling, so any input size works (28x28 Fashion-MNIST, 32x32 CIFAR, 224x224 ImageNet-style).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from tidal_dist.config import ModelConfig
+from tidal_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+StageFeatures = list[Tensor]
+
+
+def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    # No bias: a BatchNorm follows every conv.
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _init_conv_bn(module: nn.Module) -> None:
+    """He et al. 2015 ("Delving deep into rectifiers") init for convs; BatchNorm starts as identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet-18, CIFAR variant
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with an identity (or 1x1 projection) shortcut: He et al. 2016, "Deep Residual
+    Learning for Image Recognition", Fig. 2 / option B shortcuts when the shape changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_ch, out_ch, stride)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = _conv3x3(out_ch, out_ch)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_ch),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet18Cifar(nn.Module):
+    """ResNet-18 (He et al. 2016: BasicBlocks [2, 2, 2, 2], widths 64..512) in the variant used for
+    32x32 inputs by TiDAL and most active-learning papers: a 3x3 stride-1 stem and no max-pool, so
+    small images are not downsampled 4x before the first stage."""
+
+    stage_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
+    blocks_per_stage = (2, 2, 2, 2)
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(
+            _conv3x3(in_channels, 64, stride=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True)
+        )
+        stages = []
+        in_ch = 64
+        for i, (out_ch, blocks) in enumerate(zip(self.stage_channels, self.blocks_per_stage)):
+            first_stride = 1 if i == 0 else 2  # stages 2..4 halve the resolution
+            layers = [BasicBlock(in_ch, out_ch, first_stride)]
+            layers += [BasicBlock(out_ch, out_ch, 1) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            in_ch = out_ch
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.stage_channels[-1], num_classes)
+        _init_conv_bn(self)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+        f1 = self.layer1(self.stem(x))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        logits = self.fc(torch.flatten(self.pool(f4), 1))
+        return logits, [f1, f2, f3, f4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Small CNN for CPU demos and tests
+
+
+class SmallCNN(nn.Module):
+    """Four conv-bn-relu stages of widths w, 2w, 4w, 8w; stages 2..4 downsample by 2.
+    About 100k parameters at width 16: trains in seconds on a CPU."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16) -> None:
+        super().__init__()
+        if width < 1:
+            raise UserError(f"config key 'model.width': must be >= 1 (got {width})")
+        self.num_classes = num_classes
+        self.stage_channels: tuple[int, int, int, int] = (width, 2 * width, 4 * width, 8 * width)
+        stages = []
+        in_ch = in_channels
+        for i, out_ch in enumerate(self.stage_channels):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(_conv3x3(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch),
+                                        nn.ReLU(inplace=True)))
+            in_ch = out_ch
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.stage_channels[-1], num_classes)
+        _init_conv_bn(self)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        logits = self.fc(torch.flatten(self.pool(x), 1))
+        return logits, features
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet-style ResNets from torchvision
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet (7x7 stride-2 stem + max-pool) whose forward also returns the outputs
+    of layer1..layer4. The torchvision model is kept whole as `net`, so its state_dict keys are
+    torchvision's own under the `net.` prefix."""
+
+    def __init__(self, net: torchvision.models.ResNet, stage_channels: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.net = net
+        self.stage_channels = stage_channels
+        self.num_classes = net.fc.out_features
+
+    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        f1 = n.layer1(x)
+        f2 = n.layer2(f1)
+        f3 = n.layer3(f2)
+        f4 = n.layer4(f3)
+        logits = n.fc(torch.flatten(n.avgpool(f4), 1))
+        return logits, [f1, f2, f3, f4]
+
+
+def _replace_input_channels(net: torchvision.models.ResNet, in_channels: int) -> None:
+    if in_channels != net.conv1.in_channels:
+        old = net.conv1
+        net.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size,
+                              stride=old.stride, padding=old.padding, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_torchvision_weights(net: nn.Module, weights_path: str | Path) -> None:
+    """Load a local torchvision state_dict into `net`. A classifier head of another size (e.g.
+    ImageNet's 1000 classes) is dropped and `net.fc` keeps its fresh init; anything else that
+    does not fit is a UserError naming the file and the offending keys."""
+    path = Path(weights_path)
+    if not path.is_file():
+        raise UserError(f"model weights file '{path}' does not exist")
+    try:
+        # weights_only: never unpickle arbitrary objects from a user-supplied file.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt / non-torch files
+        raise UserError(f"model weights file '{path}' could not be read as a torch state_dict: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"model weights file '{path}' does not hold a state_dict (name -> tensor)")
+
+    own = net.state_dict()
+    fc_keys = [k for k in ("fc.weight", "fc.bias") if k in own]
+    if any(k in state and state[k].shape != own[k].shape for k in fc_keys):
+        log.warning("weights '%s': classifier head has shape %s, the model needs %s; loading the "
+                    "backbone weights and re-initialising fc", path,
+                    tuple(state["fc.weight"].shape) if "fc.weight" in state else None,
+                    tuple(own["fc.weight"].shape))
+        state = {k: v for k, v in state.items() if k not in fc_keys}
+        allowed_missing = set(fc_keys)
+    else:
+        allowed_missing = set()
+
+    missing = sorted(k for k in own if k not in state and k not in allowed_missing)
+    unexpected = sorted(k for k in state if k not in own)
+    wrong_shape = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+                         for k in state if k in own and state[k].shape != own[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_few(unexpected)}")
+        if wrong_shape:
+            parts.append(f"shape mismatches: {_few(wrong_shape)}")
+        raise UserError(f"model weights file '{path}' does not fit the model ({'; '.join(parts)}); "
+                        f"expected a torchvision state_dict of the same architecture")
+    net.load_state_dict(state, strict=False)  # strict checks done above; fc may be left out
+
+
+def _torchvision_resnet(arch: str, stage_channels: tuple[int, int, int, int], num_classes: int,
+                        in_channels: int, weights_path: str | Path | None) -> TorchvisionResNet:
+    # weights=None: never download; pretrained weights come only from a local file.
+    net = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    _replace_input_channels(net, in_channels)
+    if weights_path is not None:
+        load_torchvision_weights(net, weights_path)
+    return TorchvisionResNet(net, stage_channels)
+
+
+def resnet18_imagenet(num_classes: int, in_channels: int = 3,
+                      weights_path: str | Path | None = None) -> TorchvisionResNet:
+    """torchvision ResNet-18 (He et al. 2016, ImageNet stem)."""
+    return _torchvision_resnet("resnet18", (64, 128, 256, 512), num_classes, in_channels, weights_path)
+
+
+def resnet50_imagenet(num_classes: int, in_channels: int = 3,
+                      weights_path: str | Path | None = None) -> TorchvisionResNet:
+    """torchvision ResNet-50 (He et al. 2016, bottleneck blocks); the iNaturalist protocol."""
+    return _torchvision_resnet("resnet50", (256, 512, 1024, 2048), num_classes, in_channels, weights_path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_backbone(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The backbone named by cfg.backbone."""
+    if cfg.weights is not None and cfg.backbone not in ("resnet18", "resnet50"):
+        raise UserError(f"config key 'model.weights': only supported for backbones resnet18 and "
+                        f"resnet50, not '{cfg.backbone}'")
+    if cfg.backbone == "small_cnn":
+        return SmallCNN(num_classes, in_channels, width=cfg.width)
+    if cfg.backbone == "resnet18_cifar":
+        return ResNet18Cifar(num_classes, in_channels)
+    if cfg.backbone == "resnet18":
+        return resnet18_imagenet(num_classes, in_channels, cfg.weights)
+    if cfg.backbone == "resnet50":
+        return resnet50_imagenet(num_classes, in_channels, cfg.weights)
+    raise UserError(f"config key 'model.backbone': unknown backbone '{cfg.backbone}'; "
+                    f"expected small_cnn, resnet18_cifar, resnet18 or resnet50")

@@ -1,0 +1,42 @@
+"""Which pool ids an experiment can label, and the seeded initial labeled set.
+
+Imbalanced pools are built at run time by selecting ids (no re-sharding), as the TiDAL reference
+does: one reserved sample per class, the rest subsampled to an exponential long tail
+(data/imbalance.py). The reserved samples start labeled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tidal_dist.config import Config
+from tidal_dist.data.imbalance import imbalanced_pool
+from tidal_dist.data.manifest import load_labels, load_manifest
+from tidal_dist.errors import UserError
+
+
+def pool_ids(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(all ids of the experiment's pool, ids that must start labeled), both ascending."""
+    manifest = load_manifest(cfg.data.root)
+    ids = manifest.split("pool").ids()
+    if cfg.data.imbalance_ratio is None:
+        return ids, np.zeros(0, dtype=np.int64)
+    labels = load_labels(cfg.data.root, "pool")
+    pool, reserved = imbalanced_pool(labels, ids, manifest.num_classes, cfg.data.imbalance_ratio,
+                                     seed=cfg.run.seed)
+    return np.union1d(pool, reserved), reserved
+
+
+def initial_labeled_set(cfg: Config) -> np.ndarray:
+    """Seeded random draw of al.initial ids (reserved per-class samples first, if any)."""
+    ids, reserved = pool_ids(cfg)
+    n = cfg.al.initial
+    if n > len(ids):
+        raise UserError(f"config key 'al.initial': {n} exceeds the pool's {len(ids)} samples")
+    if n < len(reserved):
+        raise UserError(f"config key 'al.initial': {n} is fewer than the {len(reserved)} "
+                        f"reserved per-class samples of an imbalanced pool")
+    rng = np.random.default_rng(cfg.run.seed)
+    rest = np.setdiff1d(ids, reserved, assume_unique=True)
+    drawn = rng.choice(rest, size=n - len(reserved), replace=False)
+    return np.sort(np.concatenate([reserved, drawn]).astype(np.int64))

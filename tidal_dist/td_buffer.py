@@ -1,0 +1,176 @@
+"""Training-dynamics (TD) buffers: one row per labeled id, memory-mapped in the run directory.
+
+TiDAL's target for sample x after t visits is the running mean of its softmax over visits,
+p̄_t(x) = (1/t) Σ_e p_e(x) (Kye et al., ICCV 2023, eq. 2). The reference code keeps the mean and
+updates it as (p̄·e + p)/(e+1) at epoch e; we keep a float32 `sum` and an int32 `count` instead,
+which gives the same value when every sample is visited once per epoch and stays right when it
+is not: target = (sum + p) / (count + 1).
+
+Files, in one folder per cycle (`td/`):
+    ids.npy        int64 [N]       the labeled ids, ascending: row r belongs to ids[r]
+    sum.npy        float32 [N, C]  Σ of recorded softmax vectors
+    count.npy      int32 [N]       number of recorded visits
+    visits.rank{R}.npy / visit_ids.rank{R}.npy   what rank R saw since the last fold
+
+Only rank 0 writes ids/sum/count; rank R writes only its own visit files. Every rank reads sum and
+count (through the page cache) to build its loss targets. Folding happens at flush points (the end
+of each epoch), between two barriers, so the state every rank reads is stable within an epoch.
+See docs/td-gathering.md for why this scheme rather than a per-step all-gather.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tidal_dist.errors import UserError
+
+_FILES = ("ids.npy", "sum.npy", "count.npy")
+
+
+def _open(path: Path, mode: str) -> np.ndarray:
+    return np.load(path, mmap_mode=mode)
+
+
+class TDBuffer:
+    """sum/count memmaps for one cycle's labeled ids. Open once per process."""
+
+    def __init__(self, folder: str | os.PathLike, writable: bool = False):
+        self.folder = Path(folder)
+        missing = [f for f in _FILES if not (self.folder / f).exists()]
+        if missing:
+            raise UserError(f"TD buffer folder '{self.folder}' lacks {', '.join(missing)}")
+        mode = "r+" if writable else "r"
+        self.ids = np.load(self.folder / "ids.npy")
+        self.sum = _open(self.folder / "sum.npy", mode)
+        self.count = _open(self.folder / "count.npy", mode)
+        self.writable = writable
+
+    @property
+    def num_classes(self) -> int:
+        return self.sum.shape[1]
+
+    @staticmethod
+    def create(folder: str | os.PathLike, ids: np.ndarray, num_classes: int) -> "TDBuffer":
+        """Rank 0 only: zeroed buffers for `ids` (reset at the start of every cycle)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        # Written under temporary names and renamed, ids.npy last: a folder with ids.npy is complete.
+        for name, shape, dtype in (("sum.npy", (len(ids), num_classes), np.float32),
+                                   ("count.npy", (len(ids),), np.int32)):
+            tmp = folder / f".{name}.tmp"
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            arr.flush()
+            del arr
+            os.replace(tmp, folder / name)
+        np.save(folder / ".ids.tmp.npy", ids)
+        os.replace(folder / ".ids.tmp.npy", folder / "ids.npy")
+        return TDBuffer(folder, writable=True)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row index of each id; an id that is not in the buffer is an error, not a silent miss."""
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = np.searchsorted(self.ids, ids)
+        bad = (rows >= len(self.ids)) | (self.ids[np.minimum(rows, len(self.ids) - 1)] != ids)
+        if bad.any():
+            raise KeyError(f"ids not in this cycle's labeled set: {ids[bad][:10].tolist()}")
+        return rows
+
+    def targets(self, ids: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
+        """(sum + p) / (count + 1) for each row: the TD target including this step's visit."""
+        rows = self.rows(ids)
+        prev_sum = torch.from_numpy(np.asarray(self.sum[rows])).to(probs.device, probs.dtype)
+        prev_count = torch.from_numpy(np.asarray(self.count[rows], dtype=np.float32))
+        prev_count = prev_count.to(probs.device, probs.dtype).unsqueeze(1)
+        return (prev_sum + probs) / (prev_count + 1.0)
+
+    def fold(self, ids: np.ndarray, probs: np.ndarray) -> None:
+        """Add recorded visits. np.add.at so an id seen twice in one flush counts twice."""
+        assert self.writable, "only rank 0 folds visits into the TD buffers"
+        rows = self.rows(ids)
+        np.add.at(self.sum, rows, probs.astype(np.float32, copy=False))
+        np.add.at(self.count, rows, 1)
+
+    def flush(self) -> None:
+        self.sum.flush()
+        self.count.flush()
+
+    def mean(self) -> np.ndarray:
+        """p̄ for every row (zeros for a row never visited)."""
+        count = np.maximum(np.asarray(self.count), 1)[:, None]
+        return np.asarray(self.sum) / count
+
+    def copy_to(self, dest: str | os.PathLike) -> None:
+        """Snapshot for a checkpoint (dest is written fresh; caller makes it atomic)."""
+        self.flush()
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in _FILES:
+            shutil.copyfile(self.folder / name, dest / name)
+
+    @staticmethod
+    def restore(snapshot: str | os.PathLike, folder: str | os.PathLike) -> None:
+        """Rank 0 only: replace the live buffers by a checkpoint's snapshot."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in _FILES:
+            tmp = folder / f".{name}.restore"
+            shutil.copyfile(Path(snapshot) / name, tmp)
+            os.replace(tmp, folder / name)
+
+
+class VisitRecorder:
+    """One rank's visits between two folds: ids and softmax rows, preallocated memmaps.
+
+    Preallocating `capacity` rows (the rank's share of an epoch) keeps the heap flat at any scale.
+    """
+
+    def __init__(self, folder: str | os.PathLike, rank: int, capacity: int, num_classes: int):
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.ids_path = folder / f"visit_ids.rank{rank}.npy"
+        self.probs_path = folder / f"visits.rank{rank}.npy"
+        self.capacity = capacity
+        self.ids = np.lib.format.open_memmap(self.ids_path, mode="w+", dtype=np.int64,
+                                             shape=(capacity,))
+        self.probs = np.lib.format.open_memmap(self.probs_path, mode="w+", dtype=np.float32,
+                                               shape=(capacity, num_classes))
+        self.n = 0
+        self.ids[:] = -1
+
+    def record(self, ids: np.ndarray, probs: np.ndarray) -> None:
+        k = len(ids)
+        if self.n + k > self.capacity:
+            raise RuntimeError(f"visit recorder overflow: {self.n + k} > {self.capacity}")
+        self.ids[self.n:self.n + k] = ids
+        self.probs[self.n:self.n + k] = probs
+        self.n += k
+
+    def flush(self) -> None:
+        """Make this rank's visits readable by rank 0 (call before the barrier)."""
+        self.ids.flush()
+        self.probs.flush()
+
+    def reset(self) -> None:
+        self.ids[: self.n] = -1
+        self.n = 0
+
+
+def fold_visit_files(buffer: TDBuffer, folder: str | os.PathLike, world_size: int) -> int:
+    """Rank 0, after a barrier: fold every rank's recorded visits into the buffer; returns visits."""
+    folder = Path(folder)
+    total = 0
+    for r in range(world_size):
+        ids = np.load(folder / f"visit_ids.rank{r}.npy", mmap_mode="r")
+        n = int(np.count_nonzero(ids >= 0))  # recorded rows are a prefix; -1 marks unused rows
+        if n:
+            probs = np.load(folder / f"visits.rank{r}.npy", mmap_mode="r")
+            buffer.fold(np.asarray(ids[:n]), np.asarray(probs[:n]))
+        total += n
+    buffer.flush()
+    return total

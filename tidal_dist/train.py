@@ -1,0 +1,243 @@
+"""One active-learning cycle of TiDAL training with Accelerate (DDP or DeepSpeed ZeRO-1/2).
+
+Per epoch, every rank takes an equal, padded share of a seeded permutation of the labeled ids
+(data.readers.epoch_assignment); padding rows are marked invalid and count neither in the loss nor
+in the TD buffers. Each step:
+
+    logits, td_logits = model(x)
+    p      = softmax(logits).detach()                    # this visit's TD sample
+    target = (sum[id] + p) / (count[id] + 1)             # running mean incl. this visit
+    loss   = CE(logits, y) + λ · KL(target ‖ softmax(td_logits))      (tidal-method.md)
+
+and the rank records (id, p). At the end of the epoch rank 0 folds every rank's records into the
+memory-mapped buffers (td_buffer.py). Model and optimizer go through accelerator.prepare; the data
+loaders do not (we split the data ourselves, exactly once, see docs/td-gathering.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from tidal_dist.config import Config
+from tidal_dist.data.readers import LabeledDataset, RandomAccessReader, epoch_assignment
+from tidal_dist.data.transforms import build_transform
+from tidal_dist.models import tidal_loss
+from tidal_dist.runtime import Precision, per_rank_batch
+from tidal_dist.td_buffer import TDBuffer, VisitRecorder, fold_visit_files
+
+log = logging.getLogger("tidal_dist")
+
+
+@dataclass
+class Session:
+    """What every phase of a run shares: built once per process, reused across cycles."""
+
+    cfg: Config
+    accelerator: Accelerator
+    model: nn.Module  # the raw TiDALNet: its weights persist across cycles (warm start)
+    precision: Precision
+    num_classes: int
+    train_reader: RandomAccessReader | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def reader(self) -> RandomAccessReader:
+        if self.train_reader is None:
+            from tidal_dist.data.manifest import load_manifest
+
+            c = self.cfg.data
+            transform = build_transform(c.train_transform, load_manifest(c.root), train=True,
+                                        crop_padding=c.crop_padding, image_size=c.image_size)
+            self.train_reader = RandomAccessReader(c.root, "pool", transform, verify=c.verify_shards)
+        return self.train_reader
+
+    def to_device(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # DeepSpeed with bf16 keeps bf16 parameters and does not cast the inputs for us.
+        param_dtype = next(model.parameters()).dtype
+        return x.to(param_dtype) if param_dtype != x.dtype else x
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0
+    ce: float = 0.0
+    kl: float = 0.0
+    samples: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class CycleResult:
+    epochs: list[EpochStats] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, object]:
+    """Fresh every cycle (tidal-method.md: optimizers and LR schedules are recreated)."""
+    t = cfg.train
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                          weight_decay=t.weight_decay)
+    milestones = sorted({max(1, round(f * t.epochs)) for f in t.lr_decay_at})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=t.lr_gamma)
+    return opt, sched
+
+
+def epoch_seed(cfg: Config, cycle: int) -> int:
+    return cfg.run.seed * 1_000_003 + cycle
+
+
+def train_cycle(session: Session, labeled_ids: np.ndarray, work_dir: Path, cycle: int,
+                start_epoch: int = 0,
+                restore: Callable[[Accelerator], None] | None = None,
+                after_epoch: Callable[[int, Accelerator], None] | None = None) -> CycleResult:
+    """Train for cfg.train.epochs epochs on `labeled_ids`, recording TD in work_dir/td.
+
+    `restore` (resume) runs after prepare, before the first epoch; `after_epoch(epoch, acc)` runs
+    on every rank after each epoch's TD fold (checkpointing, preemption checks).
+    """
+    cfg, acc = session.cfg, session.accelerator
+    rank, world = acc.process_index, acc.num_processes
+    labeled_ids = np.unique(np.asarray(labeled_ids, dtype=np.int64))
+    td_dir = work_dir / "td"
+    start = time.time()
+
+    acc.free_memory()  # drop the previous cycle's wrapped model / optimizer / engine
+    optimizer, scheduler = build_optimizer(cfg, session.model)
+    model, optimizer = acc.prepare(session.model, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    if start_epoch == 0 and acc.is_main_process:
+        TDBuffer.create(td_dir, labeled_ids, session.num_classes)  # reset at every cycle start
+    acc.wait_for_everyone()
+    if restore is not None:
+        restore(acc)
+    writer = TDBuffer(td_dir, writable=True) if acc.is_main_process else None
+    capacity = math.ceil(len(labeled_ids) / world)
+    recorder = VisitRecorder(td_dir, rank, capacity, session.num_classes)
+    batch = per_rank_batch(cfg.train.batch_size, world)
+    result = CycleResult()
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.time()
+        buffer = TDBuffer(td_dir)  # re-opened each epoch: rank 0 may have replaced the files
+        rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world)
+        loader = DataLoader(LabeledDataset(session.reader(), rank_ids, valid), batch_size=batch,
+                            shuffle=False, num_workers=cfg.data.num_workers,
+                            pin_memory=torch.cuda.is_available())
+        sums = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss, ce, kl, n (weighted)
+        model.train()
+        bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
+        for step, (ids, x, y, v) in enumerate(bar):
+            x, y = session.to_device(x, model), y.to(acc.device)
+            v_dev = v.to(acc.device)
+            with acc.autocast():
+                logits, td_logits = model(x)
+            logits, td_logits = logits.float(), td_logits.float()
+            probs = F.softmax(logits.detach(), dim=1)
+            v_np = v.numpy().astype(bool)
+            ids_valid = ids.numpy()[v_np]
+            target = probs.clone()
+            if v_np.any():
+                target[v_dev] = buffer.targets(ids_valid, probs[v_dev])
+            total, ce, kl = tidal_loss(logits, td_logits, y, target, cfg.train.td_weight, valid=v_dev)
+            acc.backward(total)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            recorder.record(ids_valid, probs[v_dev].cpu().numpy())
+            n = v_dev.sum()
+            sums += torch.stack([total.detach() * n, ce.detach() * n, kl.detach() * n, n]).double()
+            if acc.is_main_process and step % cfg.run.log_every == 0:
+                bar.set_postfix(loss=f"{total.item():.3f}", kl=f"{kl.item():.4f}")
+        scheduler.step()
+
+        # Fold: every rank's records are on disk before rank 0 reads them, and rank 0 has
+        # finished before anyone starts the next epoch (which reads the folded state).
+        recorder.flush()
+        acc.wait_for_everyone()
+        if writer is not None:
+            fold_visit_files(writer, td_dir, world)
+        acc.wait_for_everyone()
+        recorder.reset()
+
+        sums = acc.reduce(sums, reduction="sum")
+        n = max(sums[3].item(), 1.0)
+        stats = EpochStats(loss=sums[0].item() / n, ce=sums[1].item() / n, kl=sums[2].item() / n,
+                           samples=int(sums[3].item()), seconds=time.time() - t0)
+        result.epochs.append(stats)
+        if acc.is_main_process:
+            log.info("cycle %d epoch %d/%d: loss %.4f (ce %.4f, kl %.4f) on %d samples, %.1fs",
+                     cycle, epoch + 1, cfg.train.epochs, stats.loss, stats.ce, stats.kl,
+                     stats.samples, stats.seconds)
+        if after_epoch is not None:
+            after_epoch(epoch, acc)
+    result.seconds = time.time() - start
+    return result
+
+
+def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
+    """Accelerator, logging, seeds and the model for this process. `model` overrides the config's
+    (tests pass stand-in models through it)."""
+    from tidal_dist.data.manifest import load_manifest
+    from tidal_dist.models import build_model
+    from tidal_dist.runtime import build_accelerator, resolve_precision, seed_everything, setup_logging
+
+    manifest = load_manifest(cfg.data.root)
+    acc = build_accelerator(cfg)
+    setup_logging(acc.is_main_process)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+    in_channels = 1 if manifest.mode == "L" else 3
+    if model is None:
+        model = build_model(cfg.model, manifest.num_classes, in_channels)
+    precision = resolve_precision(cfg, torch.cuda.is_available())
+    model = model.to(acc.device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if acc.is_main_process:
+        log.info("%s: %d process(es), %s, device %s, bf16=%s, model %s (%.2fM params)",
+                 acc.distributed_type, acc.num_processes, cfg.train.engine, acc.device,
+                 precision.bf16, cfg.model.backbone,
+                 sum(p.numel() for p in model.parameters()) / 1e6)
+    return Session(cfg=cfg, accelerator=acc, model=model, precision=precision,
+                   num_classes=manifest.num_classes)
+
+
+def train_main(cfg: Config) -> int:
+    """`tidal-dist train`: one cycle on the initial labeled set, then test accuracy."""
+    from tidal_dist.config import bind_run_dir
+    from tidal_dist.evaluate import evaluate
+    from tidal_dist.fsutil import atomic_write_json
+    from tidal_dist.pool import initial_labeled_set
+
+    session = build_session(cfg)
+    acc = session.accelerator
+    run_dir = bind_run_dir(cfg, write=acc.is_main_process)
+    labeled = initial_labeled_set(cfg)
+    result = train_cycle(session, labeled, run_dir / "train", cycle=0)
+    metrics = evaluate(session)
+    if acc.is_main_process:
+        atomic_write_json(run_dir / "train" / "metrics.json", {
+            "labeled": len(labeled), "world_size": acc.num_processes, **metrics,
+            "epochs": [vars(e) for e in result.epochs], "seconds": result.seconds})
+        log.info("test accuracy %.4f on %d samples; results in %s", metrics["accuracy"],
+                 metrics["num_samples"], run_dir / "train")
+    acc.wait_for_everyone()
+    acc.end_training()
+    return 0
