@@ -16,9 +16,10 @@ from datetime import timedelta
 import numpy as np
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
 from tidal_dist.config import Config
+from tidal_dist.distributed import world_size
 from tidal_dist.errors import UserError
 
 log = logging.getLogger("tidal_dist")
@@ -62,16 +63,25 @@ def deepspeed_config(cfg: Config, micro_batch: int, bf16: bool) -> dict:
 def build_accelerator(cfg: Config) -> Accelerator:
     on_gpu = torch.cuda.is_available()
     precision = resolve_precision(cfg, on_gpu)
-    timeout = timedelta(seconds=cfg.train.timeout_s)
-    pg = InitProcessGroupKwargs(backend="nccl" if on_gpu else "gloo", timeout=timeout)
+    world = world_size()
+    # The process-group timeout bounds how long a rank waits for a dead peer. Only passed when
+    # there is a group to make: Accelerate treats an explicit backend as "distributed".
+    handlers = []
+    if world > 1:
+        handlers.append(InitProcessGroupKwargs(backend="nccl" if on_gpu else "gloo",
+                                               timeout=timedelta(seconds=cfg.train.timeout_s)))
+    mixed = "bf16" if precision.bf16 else "no"
     if cfg.train.engine == "deepspeed":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
         micro = per_rank_batch(cfg.train.batch_size, world)
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(cfg, micro, precision.bf16))
-        return Accelerator(deepspeed_plugin=plugin, kwargs_handlers=[pg],
-                           mixed_precision="bf16" if precision.bf16 else "no")
-    return Accelerator(cpu=not on_gpu, kwargs_handlers=[pg],
-                       mixed_precision="bf16" if precision.bf16 else "no")
+        # ACCELERATE_USE_CPU=1 (how CPU launches are told apart) would make Accelerate drop the
+        # plugin without a word and train with DDP.
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+        acc = Accelerator(deepspeed_plugin=plugin, kwargs_handlers=handlers, mixed_precision=mixed)
+        if acc.distributed_type != DistributedType.DEEPSPEED:
+            raise RuntimeError(f"train.engine=deepspeed but Accelerate chose {acc.distributed_type}")
+        return acc
+    return Accelerator(cpu=not on_gpu, kwargs_handlers=handlers, mixed_precision=mixed)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +87,7 @@ class EpochStats:
 class CycleResult:
     epochs: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
+    engine: str = ""  # the prepared model's type: DistributedDataParallel, DeepSpeedEngine, ...
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, object]:
@@ -100,76 +100,59 @@ def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimize
     return opt, sched
 
 
+def pad_to_full_batches(rank_ids: np.ndarray, valid: np.ndarray,
+                        batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the last batch with (invalid) repeats: a 1-sample batch breaks BatchNorm, and every
+    rank pads the same amount, so step counts stay equal."""
+    total = -(-len(rank_ids) // batch) * batch
+    if total == len(rank_ids) or len(rank_ids) == 0:
+        return rank_ids, valid
+    extra = total - len(rank_ids)
+    return (np.concatenate([rank_ids, np.resize(rank_ids, extra)]),
+            np.concatenate([valid, np.zeros(extra, dtype=bool)]))
+
+
 def epoch_seed(cfg: Config, cycle: int) -> int:
     return cfg.run.seed * 1_000_003 + cycle
 
 
-def train_cycle(session: Session, labeled_ids: np.ndarray, work_dir: Path, cycle: int,
-                start_epoch: int = 0,
-                restore: Callable[[Accelerator], None] | None = None,
-                after_epoch: Callable[[int, Accelerator], None] | None = None) -> CycleResult:
-    """Train for cfg.train.epochs epochs on `labeled_ids`, recording TD in work_dir/td.
+def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, work_dir: Path,
+                cycle: int) -> CycleResult:
+    """Train for cfg.train.epochs epochs on `labeled_ids` (with `labels`, aligned), recording TD in
+    work_dir/td and checkpointing in work_dir/ckpt; resumes from the newest checkpoint there."""
+    from tidal_dist import checkpoint, faults, preemption
 
-    `restore` (resume) runs after prepare, before the first epoch; `after_epoch(epoch, acc)` runs
-    on every rank after each epoch's TD fold (checkpointing, preemption checks).
-    """
     cfg, acc = session.cfg, session.accelerator
     rank, world = acc.process_index, acc.num_processes
-    labeled_ids = np.unique(np.asarray(labeled_ids, dtype=np.int64))
-    td_dir = work_dir / "td"
+    order = np.argsort(labeled_ids)
+    labeled_ids = np.asarray(labeled_ids, dtype=np.int64)[order]
+    labels = np.asarray(labels, dtype=np.int64)[order]
+    td_dir, ckpt_root = work_dir / "td", work_dir / "ckpt"
     start = time.time()
 
     acc.free_memory()  # drop the previous cycle's wrapped model / optimizer / engine
     optimizer, scheduler = build_optimizer(cfg, session.model)
     model, optimizer = acc.prepare(session.model, optimizer)
-    acc.register_for_checkpointing(scheduler)
-    if start_epoch == 0 and acc.is_main_process:
+    checkpoints = cfg.train.engine != "deepspeed"  # see checkpoint.py
+    resume = checkpoint.latest(ckpt_root) if checkpoints else None
+    if resume is None and acc.is_main_process:
         TDBuffer.create(td_dir, labeled_ids, session.num_classes)  # reset at every cycle start
     acc.wait_for_everyone()
-    if restore is not None:
-        restore(acc)
+    start_epoch, start_step = 0, 0
+    sums = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss, ce, kl, n (weighted)
+    if resume is not None:
+        meta = checkpoint.load(acc, model, optimizer, scheduler, td_dir, resume)
+        start_epoch, start_step = meta["epoch"], meta["step"]
+        sums = torch.tensor(meta["sums"], dtype=torch.float64, device=acc.device)
+        if acc.is_main_process:
+            log.info("cycle %d: resuming at epoch %d, step %d from %s", cycle, start_epoch + 1,
+                     start_step, resume)
     writer = TDBuffer(td_dir, writable=True) if acc.is_main_process else None
-    capacity = math.ceil(len(labeled_ids) / world)
-    recorder = VisitRecorder(td_dir, rank, capacity, session.num_classes)
-    batch = per_rank_batch(cfg.train.batch_size, world)
-    result = CycleResult()
+    recorder = VisitRecorder(td_dir, rank, math.ceil(len(labeled_ids) / world), session.num_classes)
 
-    for epoch in range(start_epoch, cfg.train.epochs):
-        t0 = time.time()
-        buffer = TDBuffer(td_dir)  # re-opened each epoch: rank 0 may have replaced the files
-        rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world)
-        loader = DataLoader(LabeledDataset(session.reader(), rank_ids, valid), batch_size=batch,
-                            shuffle=False, num_workers=cfg.data.num_workers,
-                            pin_memory=torch.cuda.is_available())
-        sums = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss, ce, kl, n (weighted)
-        model.train()
-        bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
-        for step, (ids, x, y, v) in enumerate(bar):
-            x, y = session.to_device(x, model), y.to(acc.device)
-            v_dev = v.to(acc.device)
-            with acc.autocast():
-                logits, td_logits = model(x)
-            logits, td_logits = logits.float(), td_logits.float()
-            probs = F.softmax(logits.detach(), dim=1)
-            v_np = v.numpy().astype(bool)
-            ids_valid = ids.numpy()[v_np]
-            target = probs.clone()
-            if v_np.any():
-                target[v_dev] = buffer.targets(ids_valid, probs[v_dev])
-            total, ce, kl = tidal_loss(logits, td_logits, y, target, cfg.train.td_weight, valid=v_dev)
-            acc.backward(total)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            recorder.record(ids_valid, probs[v_dev].cpu().numpy())
-            n = v_dev.sum()
-            sums += torch.stack([total.detach() * n, ce.detach() * n, kl.detach() * n, n]).double()
-            if acc.is_main_process and step % cfg.run.log_every == 0:
-                bar.set_postfix(loss=f"{total.item():.3f}", kl=f"{kl.item():.4f}")
-        scheduler.step()
-
-        # Fold: every rank's records are on disk before rank 0 reads them, and rank 0 has
-        # finished before anyone starts the next epoch (which reads the folded state).
+    def fold() -> None:
+        # Every rank's records are on disk before rank 0 reads them, and rank 0 has finished
+        # before anyone reads the buffers again.
         recorder.flush()
         acc.wait_for_everyone()
         if writer is not None:
@@ -177,19 +160,80 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, work_dir: Path, cycle
         acc.wait_for_everyone()
         recorder.reset()
 
-        sums = acc.reduce(sums, reduction="sum")
-        n = max(sums[3].item(), 1.0)
-        stats = EpochStats(loss=sums[0].item() / n, ce=sums[1].item() / n, kl=sums[2].item() / n,
-                           samples=int(sums[3].item()), seconds=time.time() - t0)
+    batch = per_rank_batch(cfg.train.batch_size, world)
+    result = CycleResult(engine=type(model).__name__)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.time()
+        skip = start_step if epoch == start_epoch else 0
+        buffer = TDBuffer(td_dir)  # re-opened each epoch: rank 0 may have replaced the files
+        rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world)
+        rank_ids, valid = pad_to_full_batches(rank_ids, valid, batch)
+        dataset = LabeledDataset(session.reader(), rank_ids[skip * batch:], valid[skip * batch:])
+        loader = DataLoader(dataset, batch_size=batch, shuffle=False,
+                            num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+        model.train()
+        bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
+        for step, (ids, x, _, v) in enumerate(bar, start=skip):
+            ids_np, v_np = ids.numpy(), v.numpy().astype(bool)
+            # Labels come from the AL state (the oracle's answers), not from the shards.
+            y = torch.from_numpy(labels[np.searchsorted(labeled_ids, ids_np)]).to(acc.device)
+            x, v_dev = session.to_device(x, model), v.to(acc.device)
+            with acc.autocast():
+                logits, td_logits = model(x)
+            logits, td_logits = logits.float(), td_logits.float()
+            probs = F.softmax(logits.detach(), dim=1)
+            target = probs.clone()
+            if v_np.any():
+                target[v_dev] = buffer.targets(ids_np[v_np], probs[v_dev])
+            total, ce, kl = tidal_loss(logits, td_logits, y, target, cfg.train.td_weight, valid=v_dev)
+            acc.backward(total)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            recorder.record(ids_np[v_np], probs[v_dev].cpu().numpy())
+            faults.maybe_crash_in_epoch(epoch, step)
+            n = v_dev.sum()
+            sums += torch.stack([total.detach() * n, ce.detach() * n, kl.detach() * n, n]).double()
+            if acc.is_main_process and step % cfg.run.log_every == 0:
+                bar.set_postfix(loss=f"{total.item():.3f}", kl=f"{kl.item():.4f}")
+            if preemption.agreed(acc.device):
+                fold()
+                if checkpoints:
+                    checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch,
+                                    step + 1, sums)
+                raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
+        bar.close()
+        scheduler.step()
+        fold()
+
+        total_sums = acc.reduce(sums.clone(), reduction="sum")
+        n = max(total_sums[3].item(), 1.0)
+        stats = EpochStats(loss=total_sums[0].item() / n, ce=total_sums[1].item() / n,
+                           kl=total_sums[2].item() / n, samples=int(total_sums[3].item()),
+                           seconds=time.time() - t0)
         result.epochs.append(stats)
+        sums.zero_()
         if acc.is_main_process:
             log.info("cycle %d epoch %d/%d: loss %.4f (ce %.4f, kl %.4f) on %d samples, %.1fs",
                      cycle, epoch + 1, cfg.train.epochs, stats.loss, stats.ce, stats.kl,
                      stats.samples, stats.seconds)
-        if after_epoch is not None:
-            after_epoch(epoch, acc)
+        every = cfg.train.checkpoint_every
+        if checkpoints and every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
+            checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums)
+    sync_buffers(session.model)
     result.seconds = time.time() - start
     return result
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics. DDP broadcasts buffers at the start of
+    each forward, so after the last step each rank holds stats updated by its own last batch;
+    evaluation and scoring must see one model, whatever the world size."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf.data, src=0)
 
 
 def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
@@ -213,7 +257,7 @@ def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
     if acc.is_main_process:
         log.info("%s: %d process(es), %s, device %s, bf16=%s, model %s (%.2fM params)",
                  acc.distributed_type, acc.num_processes, cfg.train.engine, acc.device,
-                 precision.bf16, cfg.model.backbone,
+                 precision.bf16, type(model).__name__,
                  sum(p.numel() for p in model.parameters()) / 1e6)
     return Session(cfg=cfg, accelerator=acc, model=model, precision=precision,
                    num_classes=manifest.num_classes)
@@ -222,6 +266,7 @@ def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
 def train_main(cfg: Config) -> int:
     """`tidal-dist train`: one cycle on the initial labeled set, then test accuracy."""
     from tidal_dist.config import bind_run_dir
+    from tidal_dist.data.manifest import load_labels, load_manifest
     from tidal_dist.evaluate import evaluate
     from tidal_dist.fsutil import atomic_write_json
     from tidal_dist.pool import initial_labeled_set
@@ -230,7 +275,8 @@ def train_main(cfg: Config) -> int:
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)
     labeled = initial_labeled_set(cfg)
-    result = train_cycle(session, labeled, run_dir / "train", cycle=0)
+    labels = load_labels(cfg.data.root, "pool")[labeled - load_manifest(cfg.data.root).split("pool").first_id]
+    result = train_cycle(session, labeled, labels, run_dir / "train", cycle=0)
     metrics = evaluate(session)
     if acc.is_main_process:
         atomic_write_json(run_dir / "train" / "metrics.json", {

@@ -1,0 +1,108 @@
+"""Mid-cycle training checkpoints: model, optimizer, LR schedule, every rank's RNG, TD buffers.
+
+Layout, inside a cycle's work folder:
+    ckpt/latest                 text: the name of the newest complete checkpoint
+    ckpt/e0004_s0000/           train_state.pt (rank 0), rng.rank{R}.pt (each rank), td/ snapshot,
+                                meta.json (epoch, step, partial-epoch sums)
+
+A checkpoint folder is written under a `.partial` name and renamed when complete, and `latest` is
+replaced atomically after that: a kill at any moment leaves the previous checkpoint usable.
+Everything loads with torch.load(weights_only=True): tensors, numbers, tuples and dicts only.
+
+DeepSpeed keeps partitioned optimizer state that only its own checkpoint format holds, so
+DeepSpeed runs take no mid-cycle checkpoints and resume from the start of the cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tidal_dist.fsutil import atomic_write_json, atomic_write_text, fsync_dir
+from tidal_dist.td_buffer import TDBuffer
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest(ckpt_root: Path) -> Path | None:
+    pointer = ckpt_root / "latest"
+    if not pointer.exists():
+        return None
+    path = ckpt_root / pointer.read_text().strip()
+    return path if (path / "meta.json").exists() else None
+
+
+def save(acc, model, optimizer, scheduler, td_dir: Path, ckpt_root: Path, epoch: int, step: int,
+         sums: torch.Tensor) -> None:
+    """Collective: every rank calls it at the same step boundary (after the TD fold)."""
+    name = f"e{epoch:04d}_s{step:06d}"
+    tmp = ckpt_root / f".{name}.partial"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng.rank{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        torch.save({"model": acc.unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}, tmp / "train_state.pt")
+        TDBuffer(td_dir).copy_to(tmp / "td")
+        atomic_write_json(tmp / "meta.json", {"epoch": epoch, "step": step,
+                                              "world_size": acc.num_processes,
+                                              "sums": sums.cpu().tolist()})
+        final = ckpt_root / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        fsync_dir(ckpt_root)
+        previous = latest(ckpt_root)
+        atomic_write_text(ckpt_root / "latest", name + "\n")
+        if previous is not None and previous != final:
+            shutil.rmtree(previous, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def load(acc, model, optimizer, scheduler, td_dir: Path, path: Path) -> dict:
+    """Collective: restore everything saved by `save`; returns meta (epoch, step, sums)."""
+    meta = json.loads((path / "meta.json").read_text())
+    if meta["world_size"] != acc.num_processes:
+        # RNG streams are per rank; a different world size still resumes correctly, only the
+        # augmentation draws differ from an uninterrupted run.
+        rng_file = path / "rng.rank0.pt"
+    else:
+        rng_file = path / f"rng.rank{acc.process_index}.pt"
+    state = torch.load(path / "train_state.pt", map_location="cpu", weights_only=True)
+    acc.unwrap_model(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    if acc.is_main_process:
+        TDBuffer.restore(path / "td", td_dir)
+    acc.wait_for_everyone()
+    return meta

@@ -1,0 +1,25 @@
+"""The data layer: import a source into WebDataset shards, then read them by id or as streams.
+
+    prepare(spec, out)                     sources -> shards + manifest   (shards.py, sources.py)
+    load_manifest / verify / load_labels   what was written, and checks    (manifest.py)
+    build_transform                        bytes -> normalised tensor      (transforms.py)
+    RandomAccessReader, StreamingDataset   reading by id / exactly-once    (readers.py)
+    epoch_assignment, LabeledDataset       per-epoch rank split for training
+    imbalanced_pool                        long-tailed pools               (imbalance.py)
+"""
+
+from tidal_dist.data.imbalance import imbalanced_pool
+from tidal_dist.data.manifest import (Manifest, ShardInfo, SplitInfo, load_labels, load_manifest, summary,
+                                      verify)
+from tidal_dist.data.readers import (LabeledDataset, RandomAccessReader, StreamingDataset, collate_samples,
+                                     epoch_assignment, stream_loader)
+from tidal_dist.data.shards import prepare
+from tidal_dist.data.sources import Source, open_source, parse_spec
+from tidal_dist.data.transforms import build_transform
+
+__all__ = [
+    "LabeledDataset", "Manifest", "RandomAccessReader", "ShardInfo", "Source", "SplitInfo",
+    "StreamingDataset", "build_transform", "collate_samples", "epoch_assignment", "imbalanced_pool",
+    "load_labels", "load_manifest", "open_source", "parse_spec", "prepare", "stream_loader", "summary",
+    "verify",
+]

@@ -1,0 +1,211 @@
+"""The manifest of a prepared dataset: what `prepare` wrote, and the checks on it.
+
+A prepared folder holds, per split ('pool', 'test'):
+    {split}-000000.tar ...   WebDataset shards; sample key = the global id as 10 digits
+    {split}-labels.npy       int64 labels, index = id - first_id
+    {split}.wids.json        the wids shard index (for wids.ShardListDataset and its tools)
+and manifest.json, written last: its presence marks the folder complete.
+
+Global ids are contiguous per split (pool 0..N_pool-1, then test), so id -> shard is a binary search
+over the shards' first ids and id -> position in the labels array is id - first_id.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tidal_dist.errors import UserError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    url: str  # relative to the manifest's folder
+    nsamples: int
+    first_id: int
+    last_id: int
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    name: str
+    shards: tuple[ShardInfo, ...]
+    num_samples: int
+    first_id: int
+    last_id: int  # first_id - 1 for an empty split
+    label_histogram: list[int]
+    labels_file: str
+    labels_sha256: str
+    wids_index: str
+    _shard_starts: list[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_shard_starts", [s.first_id for s in self.shards])
+
+    def ids(self) -> np.ndarray:
+        return np.arange(self.first_id, self.last_id + 1, dtype=np.int64)
+
+    def contains(self, sample_id: int) -> bool:
+        return self.first_id <= sample_id <= self.last_id
+
+    def shard_paths(self, root: str | Path) -> list[Path]:
+        return [Path(root) / s.url for s in self.shards]
+
+    def shard_index_of(self, sample_id: int) -> int:
+        if not self.contains(sample_id):
+            raise UserError(f"id {sample_id} is not in split '{self.name}' "
+                            f"(ids {self.first_id}..{self.last_id})")
+        return bisect.bisect_right(self._shard_starts, sample_id) - 1
+
+    def shard_of(self, sample_id: int) -> ShardInfo:
+        return self.shards[self.shard_index_of(sample_id)]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format_version: int
+    dataset: str
+    source: str  # the spec as given to prepare
+    source_canonical: str  # the spec with defaults and absolute paths filled in
+    options: dict[str, Any]  # shard_size, skip_bad
+    class_names: list[str]
+    num_classes: int
+    mode: str  # 'L' or 'RGB'
+    image_size: tuple[int, int] | None  # (H, W); None when sizes vary
+    mean: list[float]
+    std: list[float]
+    skipped: int  # unreadable images left out (skip_bad)
+    splits: dict[str, SplitInfo]
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            raise UserError(f"dataset '{self.dataset}' has no split '{name}' "
+                            f"(splits: {', '.join(self.splits)})")
+        return self.splits[name]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.splits.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for split in data["splits"].values():
+            split.pop("_shard_starts", None)
+        data["image_size"] = list(self.image_size) if self.image_size else None
+        return data
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Manifest:
+        fields = dict(data)
+        fields["splits"] = {
+            name: SplitInfo(**{**split, "shards": tuple(ShardInfo(**s) for s in split["shards"])})
+            for name, split in data["splits"].items()
+        }
+        fields["image_size"] = tuple(data["image_size"]) if data["image_size"] else None
+        return Manifest(**fields)
+
+
+def load_manifest(root: str | Path) -> Manifest:
+    path = Path(root) / MANIFEST_NAME
+    if not path.is_file():
+        hint = " (an interrupted prepare? run it again)" if Path(str(root) + ".partial").exists() else ""
+        raise UserError(f"'{path}' does not exist: '{root}' is not a dataset written by "
+                        f"`tidal-dist prepare`{hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"manifest '{path}' cannot be read: {e}") from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        version = data.get("format_version") if isinstance(data, dict) else None
+        raise UserError(f"manifest '{path}': format_version {version!r}, this version reads "
+                        f"{FORMAT_VERSION}; prepare the dataset again")
+    try:
+        return Manifest.from_dict(data)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"manifest '{path}' is malformed ({type(e).__name__}: {e})") from None
+
+
+def load_labels(root: str | Path, split: str, manifest: Manifest | None = None) -> np.ndarray:
+    """Labels of `split`, int64, index = id - first_id."""
+    info = (manifest or load_manifest(root)).split(split)
+    path = Path(root) / info.labels_file
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"labels file '{path}' cannot be read: {e}") from None
+    if labels.shape != (info.num_samples,) or labels.dtype != np.int64:
+        raise UserError(f"labels file '{path}': shape {labels.shape} {labels.dtype}, the manifest "
+                        f"expects ({info.num_samples},) int64")
+    return labels
+
+
+def verify(root: str | Path) -> list[str]:
+    """Every problem found with the files the manifest lists (empty list: all good).
+
+    Reads every byte of every shard: as slow as reading the dataset once.
+    """
+    root = Path(root)
+    manifest = load_manifest(root)
+    problems = []
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            path = root / shard.url
+            if not path.is_file():
+                problems.append(f"shard '{path}' is missing")
+            elif path.stat().st_size != shard.bytes:
+                problems.append(f"shard '{path}' has {path.stat().st_size} bytes, "
+                                f"the manifest says {shard.bytes}")
+            elif file_sha256(path) != shard.sha256:
+                problems.append(f"shard '{path}': sha256 does not match the manifest (corrupted)")
+        labels_path = root / split.labels_file
+        if not labels_path.is_file():
+            problems.append(f"labels file '{labels_path}' is missing")
+        elif file_sha256(labels_path) != split.labels_sha256:
+            problems.append(f"labels file '{labels_path}': sha256 does not match the manifest")
+        if not (root / split.wids_index).is_file():
+            problems.append(f"wids index '{root / split.wids_index}' is missing")
+    return problems
+
+
+def summary(manifest: Manifest) -> str:
+    """A human-readable description, for `tidal-dist inspect`."""
+    size = "x".join(str(v) for v in manifest.image_size) if manifest.image_size else "variable"
+    lines = [
+        f"dataset   {manifest.dataset}  (source {manifest.source_canonical})",
+        f"images    {manifest.mode}, {size}; mean {_floats(manifest.mean)} std {_floats(manifest.std)}",
+        f"classes   {manifest.num_classes}: {_shorten(manifest.class_names)}",
+        f"options   shard_size={manifest.options.get('shard_size')} "
+        f"skip_bad={manifest.options.get('skip_bad')}; skipped {manifest.skipped} unreadable",
+    ]
+    for split in manifest.splits.values():
+        total = sum(s.bytes for s in split.shards)
+        hist = split.label_histogram
+        spread = f"per class {min(hist)}..{max(hist)}" if hist else "no classes"
+        lines.append(f"{split.name:<9} {split.num_samples} samples, ids {split.first_id}..{split.last_id}, "
+                     f"{len(split.shards)} shards, {total / 1e6:.1f} MB, {spread}")
+    return "\n".join(lines)
+
+
+def _floats(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
+
+
+def _shorten(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

@@ -1,0 +1,293 @@
+"""Reading prepared shards: random access by id, exactly-once streaming, per-epoch rank splits.
+
+RandomAccessReader uses wids' indexed tar reader (`wids.wids.IndexedTarSamples`: an mmap index of
+one tar file) directly rather than `wids.ShardListDataset`, because the latter, even with
+`localname=lambda u: u`, creates a `<shard>.lock` file next to every shard it opens (which fails on a
+read-only dataset mount) and prints a line to stderr per instance; the id -> shard arithmetic it
+would add is one binary search over the manifest.
+
+Shard checksums: with verify=True a shard's sha256 is compared with the manifest the first time a
+process opens it. The set of verified shards is per process; it is inherited by forked DataLoader
+workers and carried along when a reader is pickled, so verifying in the parent before the workers
+start (LabeledDataset does) costs one read of each shard, not one per worker.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from wids.wids import IndexedTarSamples
+
+from tidal_dist import distributed
+from tidal_dist.data.manifest import ShardInfo, SplitInfo, file_sha256, load_manifest
+from tidal_dist.errors import UserError
+
+Transform = Callable[[bytes], torch.Tensor]
+Sample = tuple[int, torch.Tensor, int]  # (global id, image, label)
+
+_verified_shards: set[tuple[str, str]] = set()  # (path, sha256) checked by this process
+
+
+def check_shard(path: Path, shard: ShardInfo, verify: bool) -> None:
+    """UserError naming `path` if the shard is missing or (verify) differs from the manifest."""
+    if not path.is_file():
+        raise UserError(f"shard '{path}' is missing (listed in the manifest); prepare the dataset again")
+    if not verify or (str(path), shard.sha256) in _verified_shards:
+        return
+    size = path.stat().st_size
+    if size != shard.bytes or file_sha256(path) != shard.sha256:
+        raise UserError(f"shard '{path}' is corrupted: its sha256 does not match the manifest "
+                        f"({size} bytes, manifest {shard.bytes}); prepare the dataset again")
+    _verified_shards.add((str(path), shard.sha256))
+
+
+def _split_sample(files: dict[str, bytes], sample_id: int, where: str) -> tuple[int, bytes]:
+    """(label, image bytes) from one sample's files keyed by extension."""
+    try:
+        label = int(files.pop("cls"))
+        (image,) = files.values()
+    except (KeyError, ValueError):
+        raise UserError(f"{where}: sample {sample_id} is malformed (expected a .cls and one image "
+                        f"file, found {sorted(files)})") from None
+    return label, image
+
+
+def _apply(transform: Transform, image: bytes, sample_id: int, where: str) -> torch.Tensor:
+    try:
+        return transform(image)
+    except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for undecodable data
+        raise UserError(f"{where}: image of id {sample_id} cannot be decoded ({e})") from None
+
+
+class RandomAccessReader:
+    """reader[id] -> (id, image tensor, label) for any id of one split."""
+
+    def __init__(self, root: str | Path, split: str, transform: Transform, verify: bool = True,
+                 max_open_shards: int = 16) -> None:
+        self.root = Path(root)
+        self.manifest = load_manifest(self.root)
+        self.info: SplitInfo = self.manifest.split(split)
+        self.transform = transform
+        self.verify = verify
+        self.max_open_shards = max_open_shards
+        self._open: OrderedDict[int, IndexedTarSamples] = OrderedDict()  # LRU of open shards
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.info.num_samples
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_open"] = OrderedDict()  # mmaps do not pickle; the new process opens its own
+        paths = {str(p) for p in self.info.shard_paths(self.root)}
+        state["_verified"] = {entry for entry in _verified_shards if entry[0] in paths}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        _verified_shards.update(state.pop("_verified"))
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def check_shards_for(self, ids: np.ndarray) -> None:
+        """Check the shards holding `ids` now (in this process), e.g. before DataLoader workers fork."""
+        for index in sorted({self.info.shard_index_of(int(i)) for i in np.unique(ids)}):
+            shard = self.info.shards[index]
+            check_shard(self.root / shard.url, shard, self.verify)
+
+    def _shard(self, index: int) -> IndexedTarSamples:
+        if os.getpid() != self._pid:  # forked: the parent's open mmaps are not ours to share
+            self._open, self._pid = OrderedDict(), os.getpid()
+        if index in self._open:
+            self._open.move_to_end(index)
+            return self._open[index]
+        shard = self.info.shards[index]
+        path = self.root / shard.url
+        check_shard(path, shard, self.verify)
+        try:
+            tar = IndexedTarSamples(path=str(path))
+        except Exception as e:  # wids asserts / struct errors on a damaged tar
+            raise UserError(f"shard '{path}' cannot be read as a tar file "
+                            f"({type(e).__name__}: {e})") from None
+        if len(tar) != shard.nsamples:
+            tar.close()
+            raise UserError(f"shard '{path}' holds {len(tar)} samples, the manifest says {shard.nsamples}")
+        self._open[index] = tar
+        if len(self._open) > self.max_open_shards:
+            self._open.popitem(last=False)[1].close()
+        return tar
+
+    def read_raw(self, sample_id: int) -> tuple[int, bytes]:
+        """(label, original image bytes) of `sample_id`."""
+        index = self.info.shard_index_of(sample_id)  # UserError naming the id if not in the split
+        shard = self.info.shards[index]
+        where = f"shard '{self.root / shard.url}'"
+        sample = self._shard(index)[sample_id - shard.first_id]
+        key = sample.pop("__key__")
+        if key != f"{sample_id:010d}":
+            raise UserError(f"{where}: expected sample key {sample_id:010d}, found {key}")
+        # wids keys the files by extension with its leading dot
+        files = {ext.lstrip("."): stream.read() for ext, stream in sample.items()}
+        return _split_sample(files, sample_id, where)
+
+    def __getitem__(self, sample_id: int) -> Sample:
+        sample_id = int(sample_id)
+        label, image = self.read_raw(sample_id)
+        where = f"shard '{self.root / self.info.shard_of(sample_id).url}'"
+        return sample_id, _apply(self.transform, image, sample_id, where), label
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+def _tar_samples(path: Path) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """(id, {extension: bytes}) in file order, streaming; tar damage is a UserError naming `path`."""
+    key, files = None, {}
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name_key, _, ext = member.name.partition(".")
+                if name_key != key and key is not None:
+                    yield int(key), files
+                    files = {}
+                key = name_key
+                files[ext] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"shard '{path}' cannot be read: {type(e).__name__}: {e} (truncated or "
+                        f"damaged? prepare the dataset again)") from None
+    if key is not None:
+        yield int(key), files
+
+
+def _select_ids(info: SplitInfo, ids: np.ndarray | None) -> np.ndarray:
+    if ids is None:
+        return info.ids()
+    ids = np.sort(np.asarray(ids, dtype=np.int64).ravel())
+    outside = ids[(ids < info.first_id) | (ids > info.last_id)]
+    if len(outside):
+        raise UserError(f"{len(outside)} ids are not in split '{info.name}' (ids {info.first_id}.."
+                        f"{info.last_id}), e.g. {', '.join(map(str, outside[:5]))}")
+    repeated = ids[1:][ids[1:] == ids[:-1]]
+    if len(repeated):
+        raise UserError(f"ids given more than once, e.g. {', '.join(map(str, np.unique(repeated)[:5]))}")
+    return ids
+
+
+class StreamingDataset(IterableDataset):
+    """Every selected id exactly once over all ranks x DataLoader workers, with no collective call.
+
+    The sorted ids are cut into world_size * num_workers contiguous, near-equal chunks; global worker
+    rank * num_workers + worker_id reads chunk by chunk only the shards that hold its ids, streaming
+    each tar from the start and stopping after its last id. A worker with an empty chunk yields
+    nothing. Chunks are contiguous in id order, so a rank's samples are not class-shuffled.
+    """
+
+    def __init__(self, root: str | Path, split: str, transform: Transform,
+                 ids: np.ndarray | None = None, rank: int | None = None,
+                 world_size: int | None = None, verify: bool = True) -> None:
+        self.root = Path(root)
+        self.info = load_manifest(self.root).split(split)
+        self.transform = transform
+        self.ids = _select_ids(self.info, ids)
+        self.rank = distributed.rank() if rank is None else rank
+        self.world_size = distributed.world_size() if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise UserError(f"rank {self.rank} is outside world size {self.world_size}")
+        self.verify = verify
+
+    @staticmethod
+    def assigned_ids(ids: np.ndarray, rank: int, world_size: int, num_workers: int) -> list[np.ndarray]:
+        """The ids each DataLoader worker of `rank` yields (num_workers 0: one, the main process)."""
+        workers = max(num_workers, 1)
+        chunks = np.array_split(np.asarray(ids), world_size * workers)
+        return chunks[rank * workers:(rank + 1) * workers]
+
+    def num_samples_for(self, rank: int | None = None, num_workers: int = 0) -> int:
+        rank = self.rank if rank is None else rank
+        return sum(len(c) for c in self.assigned_ids(self.ids, rank, self.world_size, num_workers))
+
+    def __iter__(self) -> Iterator[Sample]:
+        worker = get_worker_info()
+        num_workers, worker_id = (worker.num_workers, worker.id) if worker else (0, 0)
+        chunk = self.assigned_ids(self.ids, self.rank, self.world_size, num_workers)[worker_id]
+        for shard in self.info.shards:
+            wanted = chunk[(chunk >= shard.first_id) & (chunk <= shard.last_id)]
+            if len(wanted):
+                yield from self._read_shard(shard, wanted)
+
+    def _read_shard(self, shard: ShardInfo, wanted: np.ndarray) -> Iterator[Sample]:
+        path = self.root / shard.url
+        where = f"shard '{path}'"
+        check_shard(path, shard, self.verify)
+        position = 0
+        for sample_id, files in _tar_samples(path):
+            if sample_id < wanted[position]:
+                continue
+            if sample_id > wanted[position]:
+                break
+            label, image = _split_sample(files, sample_id, where)
+            yield sample_id, _apply(self.transform, image, sample_id, where), label
+            position += 1
+            if position == len(wanted):
+                return
+        raise UserError(f"{where} ends or skips before id {wanted[position]}, which the manifest "
+                        f"places there (truncated or damaged?); prepare the dataset again")
+
+
+def collate_samples(batch: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids, images, labels = zip(*batch)
+    return (torch.tensor(ids, dtype=torch.long), torch.stack(images),
+            torch.tensor(labels, dtype=torch.long))
+
+
+def stream_loader(dataset: StreamingDataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Batches of (ids, images, labels). Never pass it to accelerator.prepare: Accelerate would
+    re-dispatch an iterable dataset from rank 0 and break the exactly-once split."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=collate_samples, persistent_workers=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: an exact per-epoch split of the labeled ids over the ranks.
+
+def epoch_assignment(ids: np.ndarray, epoch: int, seed: int, rank: int,
+                     world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids of `rank` for `epoch`, valid mask). Same permutation on every rank (seed, epoch only);
+    wrap-around padding makes every rank's count equal (DDP needs equal step counts) and is
+    marked valid=False so it is never counted as a visit. Valid entries over all ranks = `ids`."""
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside world size {world_size}")
+    ordered = np.sort(np.asarray(ids, dtype=np.int64).ravel())  # the caller's order must not matter
+    permuted = ordered[np.random.default_rng([seed, epoch]).permutation(len(ordered))]
+    total = -(-len(permuted) // world_size) * world_size
+    padded = np.resize(permuted, total) if len(permuted) else permuted  # np.resize repeats cyclically
+    valid = np.arange(total) < len(permuted)
+    return padded[rank::world_size], valid[rank::world_size]
+
+
+class LabeledDataset(Dataset):
+    """Position i -> (id, image, label, valid) of rank_ids[i], read through a RandomAccessReader."""
+
+    def __init__(self, reader: RandomAccessReader, rank_ids: np.ndarray, valid: np.ndarray) -> None:
+        if len(rank_ids) != len(valid):
+            raise ValueError(f"{len(rank_ids)} ids but {len(valid)} valid flags")
+        self.reader = reader
+        self.rank_ids = np.asarray(rank_ids, dtype=np.int64)
+        self.valid = np.asarray(valid, dtype=bool)
+        reader.check_shards_for(self.rank_ids)  # in this process, so workers inherit the result
+
+    def __len__(self) -> int:
+        return len(self.rank_ids)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor, int, bool]:
+        sample_id, image, label = self.reader[int(self.rank_ids[position])]
+        return sample_id, image, label, bool(self.valid[position])

@@ -1,0 +1,194 @@
+"""`prepare`: a source dataset -> WebDataset tar shards + labels + wids index + manifest.
+
+Atomicity: everything is written into the sibling folder OUT.partial and renamed to OUT at the end,
+so OUT either does not exist or is complete (manifest.json is written last, inside OUT.partial).
+A run that was killed leaves OUT.partial behind; the next run says so, removes it and starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+from tidal_dist.data.manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo,
+                                      load_manifest)
+from tidal_dist.data.sources import SPLITS, Source, SourceSpec, open_source, parse_spec
+from tidal_dist.errors import UserError
+from tidal_dist.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+
+WIDS_KIND = "wids-shard-index-v1"
+
+
+def sample_key(sample_id: int) -> str:
+    return f"{sample_id:010d}"
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts what goes through it, so a shard's sha256 needs no
+    second read."""
+
+    def __init__(self, path: Path) -> None:
+        self.file: IO[bytes] = open(path, "wb")
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())  # the folder rename at the end must not publish unflushed data
+        self.file.close()
+
+
+class _ShardSink:
+    """One tar shard being written."""
+
+    def __init__(self, path: Path, first_id: int) -> None:
+        self.path = path
+        self.first_id = first_id
+        self.count = 0
+        self.file = _HashingFile(path)
+        # Fixed mtime and owner: preparing the same source twice gives byte-identical shards.
+        self.tar = wds.TarWriter(self.file, encoder=False, mtime=0, user="tidal", group="tidal")
+
+    def write(self, sample_id: int, label: int, data: bytes, ext: str) -> None:
+        self.tar.write({"__key__": sample_key(sample_id), "cls": str(label).encode(), ext: data})
+        self.count += 1
+
+    def close(self) -> ShardInfo:
+        self.tar.close()
+        self.file.close()
+        return ShardInfo(url=self.path.name, nsamples=self.count, first_id=self.first_id,
+                         last_id=self.first_id + self.count - 1, sha256=self.file.sha256.hexdigest(),
+                         bytes=self.file.bytes)
+
+
+def _write_split(source: Source, split: str, folder: Path, first_id: int, shard_size: int,
+                 progress: bool) -> SplitInfo:
+    shards: list[ShardInfo] = []
+    labels: list[int] = []
+    sink: _ShardSink | None = None
+    bar = tqdm(total=source.split_length(split), desc=f"prepare {split}", unit="img",
+               disable=not progress, leave=False)
+    with bar:
+        for label, data, ext in source.samples(split):
+            if sink is None or sink.count == shard_size:
+                if sink is not None:
+                    shards.append(sink.close())
+                sink = _ShardSink(folder / f"{split}-{len(shards):06d}.tar", first_id + len(labels))
+            sink.write(first_id + len(labels), label, data, ext)
+            labels.append(label)
+            bar.update(1)
+    if sink is not None:
+        shards.append(sink.close())
+
+    label_array = np.asarray(labels, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.save(buffer, label_array, allow_pickle=False)
+    labels_file = f"{split}-labels.npy"
+    atomic_write_bytes(folder / labels_file, buffer.getvalue())
+
+    wids_index = f"{split}.wids.json"
+    atomic_write_json(folder / wids_index, {
+        "__kind__": WIDS_KIND,
+        "wids_version": 1,
+        "name": f"{source.name}-{split}",
+        # urls relative to this file's folder: wids resolves them against the index's location
+        "shardlist": [{"url": s.url, "nsamples": s.nsamples, "filesize": s.bytes} for s in shards],
+    })
+    histogram = np.bincount(label_array, minlength=len(source.class_names))
+    return SplitInfo(
+        name=split, shards=tuple(shards), num_samples=len(labels), first_id=first_id,
+        last_id=first_id + len(labels) - 1, label_histogram=[int(v) for v in histogram],
+        labels_file=labels_file, labels_sha256=hashlib.sha256(buffer.getvalue()).hexdigest(),
+        wids_index=wids_index,
+    )
+
+
+def _write_dataset(source: Source, spec_text: str, folder: Path, options: dict[str, Any],
+                   progress: bool) -> Manifest:
+    splits: dict[str, SplitInfo] = {}
+    next_id = 0
+    for split in SPLITS:
+        splits[split] = _write_split(source, split, folder, next_id, options["shard_size"], progress)
+        next_id += splits[split].num_samples
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, dataset=source.name, source=spec_text,
+        source_canonical=source.spec.canonical, options=dict(options),
+        class_names=list(source.class_names), num_classes=len(source.class_names), mode=source.mode,
+        image_size=source.image_size, mean=source.mean, std=source.std, skipped=source.skipped,
+        splits=splits,
+    )
+    atomic_write_json(folder / MANIFEST_NAME, manifest.to_dict())  # last: marks the folder complete
+    return manifest
+
+
+def _existing_output(out: Path, spec: SourceSpec, options: dict[str, Any]) -> Manifest | None:
+    """The manifest of a finished identical dataset at `out`; None if `out` is absent or empty.
+    Anything else at `out` is a UserError: prepare never deletes data it did not write."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise UserError(f"output '{out}' exists and is not a folder")
+    if (out / MANIFEST_NAME).exists():
+        manifest = load_manifest(out)
+        if manifest.source_canonical == spec.canonical and manifest.options == options:
+            return manifest
+        raise UserError(
+            f"output '{out}' already holds another prepared dataset:\n"
+            f"  there: source {manifest.source_canonical}, options {manifest.options}\n"
+            f"  now:   source {spec.canonical}, options {options}\n"
+            f"choose another --out, or delete '{out}' yourself")
+    if any(out.iterdir()):
+        raise UserError(f"output '{out}' exists, is not empty and has no {MANIFEST_NAME}: "
+                        f"not a prepared dataset; choose another --out or empty it yourself")
+    return None
+
+
+def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000,
+            skip_bad: bool = False, progress: bool = True) -> Manifest:
+    """Write `source_spec` as shards into `out_dir`; a no-op if it is already there."""
+    if shard_size < 1:
+        raise UserError(f"shard_size must be >= 1 (got {shard_size})")
+    spec = parse_spec(source_spec)
+    out = Path(out_dir).absolute()
+    options = {"shard_size": shard_size, "skip_bad": skip_bad}
+    existing = _existing_output(out, spec, options)
+    if existing is not None:
+        print(f"{out}: already prepared from {spec.canonical} ({existing.num_samples} samples); "
+              f"nothing to do")
+        return existing
+
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        print(f"{partial}: left over from an interrupted prepare; removing it and starting again")
+        shutil.rmtree(partial)
+    source = open_source(source_spec, skip_bad=skip_bad)  # errors here leave nothing behind
+    partial.mkdir(parents=True)
+    try:
+        manifest = _write_dataset(source, source_spec, partial, options, progress)
+    except BaseException:
+        # A clean failure removes its own leftovers; a killed process cannot, and the next run
+        # finds OUT.partial and starts over.
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()  # checked to be empty above
+    os.rename(partial, out)
+    fsync_dir(out.parent)
+    if progress:
+        print(f"{out}: {manifest.num_samples} samples in "
+              f"{sum(len(s.shards) for s in manifest.splits.values())} shards"
+              + (f", {manifest.skipped} unreadable images skipped" if manifest.skipped else ""))
+    return manifest

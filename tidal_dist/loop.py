@@ -1,0 +1,246 @@
+"""The active-learning loop: train -> evaluate -> score -> select -> label -> commit, per cycle.
+
+Run directory:
+    config.yaml                  the resolved config (a run dir refuses a different one)
+    cycles/cycle_0003/           committed cycle: labeled.npz (ids, labels trained on),
+                                 queried.npz (ids, uncertainty, reported score), metrics.json,
+                                 td/ (ids, sum, count), model.pt
+    work/cycle_0004/             the cycle in progress: td/, ckpt/, trained/, scores/
+    queries/cycle_K.csv          file oracle: what to label;  labels/cycle_K.csv: the answers
+    results.json, results.md     the summary, rewritten after every cycle
+
+A cycle becomes visible in one rename (cycles/.cycle_K.partial -> cycles/cycle_K); everything
+else is derived from committed cycles, so a run killed anywhere restarts from the last one (and
+inside a cycle from its newest epoch checkpoint, or its finished training). The labeled set of
+cycle K+1 is cycle K's labeled set plus cycle K's queries, labeled by the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tidal_dist import faults, preemption
+from tidal_dist.config import Config, bind_run_dir
+from tidal_dist.data.manifest import load_labels, load_manifest
+from tidal_dist.errors import UserError
+from tidal_dist.evaluate import evaluate
+from tidal_dist.fsutil import atomic_write, atomic_write_json, fsync_dir
+from tidal_dist.oracle import LabelsPending, export_queries, label_queries, queries_path
+from tidal_dist.pool import initial_labeled_set, pool_ids
+from tidal_dist.runtime import seed_everything
+from tidal_dist.score import draw_candidates, save_scores, score_pool
+from tidal_dist.selection import top_k
+from tidal_dist.strategies import get_strategy
+from tidal_dist.train import Session, build_session, train_cycle
+
+log = logging.getLogger("tidal_dist")
+
+EXIT_LABELS_PENDING = 3
+
+
+def cycle_dir(run_dir: Path, k: int) -> Path:
+    return run_dir / "cycles" / f"cycle_{k:04d}"
+
+
+def committed_cycles(run_dir: Path) -> int:
+    """Number of committed cycles; they are 0..n-1 (a gap would mean a foreign edit)."""
+    n = 0
+    while cycle_dir(run_dir, n).is_dir():
+        n += 1
+    return n
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def labeled_set_for(cfg: Config, run_dir: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) to train on in cycle k, derived from committed state only."""
+    manifest = load_manifest(cfg.data.root)
+    if k == 0:
+        ids = initial_labeled_set(cfg)
+        labels = load_labels(cfg.data.root, "pool")[ids - manifest.split("pool").first_id]
+        return ids, labels.astype(np.int64)
+    prev = cycle_dir(run_dir, k - 1)
+    labeled, queried = load_npz(prev / "labeled.npz"), load_npz(prev / "queried.npz")
+    if cfg.al.oracle == "file" and not queries_path(run_dir, k - 1).exists():
+        export_queries(run_dir, k - 1, manifest, queried["ids"], queried["reported"])
+    new_labels = label_queries(cfg.al.oracle, run_dir, k - 1, manifest, cfg.data.root,
+                               queried["ids"])
+    ids = np.concatenate([labeled["ids"], queried["ids"]])
+    labels = np.concatenate([labeled["labels"], new_labels])
+    order = np.argsort(ids)
+    return ids[order], labels[order]
+
+
+def histogram(labels: np.ndarray, num_classes: int) -> list[int]:
+    return np.bincount(labels, minlength=num_classes).tolist()
+
+
+def _save_model(path: Path, model: torch.nn.Module) -> None:
+    atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+
+
+def _load_model(path: Path, model: torch.nn.Module) -> None:
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids: np.ndarray,
+                       labels: np.ndarray) -> dict:
+    """Phase 1 of a cycle, skipped when work/trained/ already holds its result."""
+    acc = session.accelerator
+    trained = work / "trained"
+    if (trained / "metrics.json").exists():
+        _load_model(trained / "model.pt", acc.unwrap_model(session.model))
+        return json.loads((trained / "metrics.json").read_text())
+    t0 = time.time()
+    result = train_cycle(session, ids, labels, work, cycle=k)
+    t1 = time.time()
+    faults.maybe_crash("after_train", k)
+    metrics = evaluate(session)
+    out = {"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"],
+           "train": [vars(e) for e in result.epochs],
+           "seconds": {"train": t1 - t0, "evaluate": time.time() - t1}}
+    if acc.is_main_process:
+        _save_model(trained / "model.pt", acc.unwrap_model(session.model))
+        atomic_write_json(trained / "metrics.json", out)  # last: the phase marker
+    acc.wait_for_everyone()
+    return out
+
+
+def run_cycle(session: Session, run_dir: Path, k: int) -> None:
+    cfg, acc = session.cfg, session.accelerator
+    manifest = load_manifest(cfg.data.root)
+    work = run_dir / "work" / f"cycle_{k:04d}"
+    ids, labels = labeled_set_for(cfg, run_dir, k)
+    seed_everything(cfg.run.seed * 1_000_003 + k, cfg.run.deterministic)  # resume == no resume
+    if k > 0:
+        _load_model(cycle_dir(run_dir, k - 1) / "model.pt", acc.unwrap_model(session.model))
+    if acc.is_main_process:
+        log.info("cycle %d/%d: %d labeled", k + 1, cfg.al.cycles, len(ids))
+    metrics = train_and_evaluate(session, run_dir, work, k, ids, labels)
+
+    t0 = time.time()
+    all_ids, _ = pool_ids(cfg)
+    unlabeled = np.setdiff1d(all_ids, ids, assume_unique=True)
+    candidates = draw_candidates(unlabeled, cfg.al.subset_size, cfg.al.subset_seed, k)
+    strategy = get_strategy(cfg.al.strategy)
+    merged = score_pool(session, candidates, strategy, work / "scores",
+                        cycle_seed=cfg.al.subset_seed * 1_000_003 + k)
+    faults.maybe_crash("after_score", k)
+    t1 = time.time()
+    if acc.is_main_process:
+        picked = top_k(merged["ids"], merged["uncertainty"], min(cfg.al.budget, len(candidates)))
+        queried = {name: merged[name][picked] for name in ("ids", "uncertainty", "reported")}
+        queried_labels = load_labels(cfg.data.root, "pool")[queried["ids"] - manifest.split("pool").first_id]
+        metrics.update({
+            "cycle": k, "labeled": len(ids), "candidates": len(candidates),
+            "queried": len(queried["ids"]), "strategy": strategy.name,
+            "world_size": acc.num_processes,
+            "labeled_histogram": histogram(labels, manifest.num_classes),
+            # Ground-truth classes of the queries where the shards have them (simulation only).
+            "queried_histogram": histogram(queried_labels, manifest.num_classes),
+        })
+        metrics["seconds"].update({"score": t1 - t0, "select": time.time() - t1})
+        commit_cycle(run_dir, work, k, ids, labels, queried, merged, metrics)
+        if cfg.al.oracle == "file":
+            export_queries(run_dir, k, manifest, queried["ids"], queried["reported"])
+        log.info("cycle %d/%d committed: accuracy %.4f, %d queried -> %s", k + 1, cfg.al.cycles,
+                 metrics["accuracy"], len(queried["ids"]), cycle_dir(run_dir, k))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(work, ignore_errors=True)
+        write_results(run_dir)
+
+
+def commit_cycle(run_dir: Path, work: Path, k: int, ids: np.ndarray, labels: np.ndarray,
+                 queried: dict, merged: dict, metrics: dict) -> None:
+    """Rank 0: write the cycle into a temporary folder, then make it visible with one rename."""
+    t0 = time.time()
+    final = cycle_dir(run_dir, k)
+    tmp = final.parent / f".{final.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_write(tmp / "labeled.npz", lambda f: np.savez(f, ids=ids, labels=labels))
+    atomic_write(tmp / "queried.npz", lambda f: np.savez(f, **queried))
+    save_scores(tmp / "scores.npz", merged)
+    shutil.copytree(work / "td", tmp / "td", ignore=shutil.ignore_patterns("visit*"))
+    shutil.copyfile(work / "trained" / "model.pt", tmp / "model.pt")
+    faults.maybe_crash("during_commit", k)
+    metrics["seconds"]["commit"] = time.time() - t0
+    atomic_write_json(tmp / "metrics.json", metrics)
+    for name in ("td/ids.npy", "td/sum.npy", "td/count.npy", "model.pt"):
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(tmp)
+    tmp.rename(final)
+    fsync_dir(final.parent)
+
+
+def write_results(run_dir: Path) -> dict:
+    """results.json + results.md from the committed cycles (rank 0)."""
+    rows = []
+    for k in range(committed_cycles(run_dir)):
+        m = json.loads((cycle_dir(run_dir, k) / "metrics.json").read_text())
+        rows.append({"cycle": k, "labeled": m["labeled"], "accuracy": m["accuracy"],
+                     "queried": m["queried"], "seconds": m["seconds"]})
+    summary = {"run_dir": str(run_dir), "cycles": rows}
+    atomic_write_json(run_dir / "results.json", summary)
+    lines = ["| cycle | labeled | test accuracy | train s | score s |", "|---|---|---|---|---|"]
+    lines += [f"| {r['cycle']} | {r['labeled']} | {r['accuracy']:.4f} | "
+              f"{r['seconds']['train']:.1f} | {r['seconds']['score']:.1f} |" for r in rows]
+    atomic_write(run_dir / "results.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    return summary
+
+
+def run_main(cfg: Config) -> int:
+    """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir."""
+    session = build_session(cfg)
+    acc = session.accelerator
+    run_dir = bind_run_dir(cfg, write=acc.is_main_process)
+    acc.wait_for_everyone()
+    preemption.install()
+    if acc.is_main_process:
+        for leftover in (run_dir / "cycles").glob(".*.partial"):
+            shutil.rmtree(leftover)  # a commit killed before its rename: redone below
+    acc.wait_for_everyone()
+    done = committed_cycles(run_dir)
+    if acc.is_main_process:
+        for k in range(done):  # work folders of cycles whose commit finished but cleanup didn't
+            shutil.rmtree(run_dir / "work" / f"cycle_{k:04d}", ignore_errors=True)
+    if done and acc.is_main_process:
+        log.info("resuming %s: %d of %d cycles committed", run_dir, done, cfg.al.cycles)
+    try:
+        for k in range(done, cfg.al.cycles):
+            run_cycle(session, run_dir, k)
+    except LabelsPending as e:
+        if acc.is_main_process:
+            print(f"tidal-dist run: waiting for labels: {e}", flush=True)
+        return EXIT_LABELS_PENDING
+    except preemption.Preempted as e:
+        if acc.is_main_process:
+            print(f"tidal-dist run: preempted at {e}; checkpoint saved, run the same command "
+                  f"again to continue", flush=True)
+        return preemption.EXIT_PREEMPTED
+    if acc.is_main_process:
+        summary = write_results(run_dir)
+        last = summary["cycles"][-1] if summary["cycles"] else None
+        if last:
+            print(f"tidal-dist run: {len(summary['cycles'])} cycles done; final accuracy "
+                  f"{last['accuracy']:.4f} with {last['labeled']} labels; results in "
+                  f"{run_dir}/results.md and {run_dir}/cycles/", flush=True)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return 0
+
+
+__all__ = ["run_main", "EXIT_LABELS_PENDING", "UserError"]

@@ -1,0 +1,127 @@
+"""Sharded scoring of the candidate pool.
+
+Each rank streams its own share of the candidates (data.readers.StreamingDataset: rank x loader
+worker, exactly once), runs backbone + TD module in eval mode with no augmentation, and appends
+(id, uncertainty, reported value) to memory-mapped part files that carry its rank in their name.
+No collective runs inside the loop, so ranks may see different numbers of batches. One barrier;
+rank 0 merges the parts and checks that the merged ids are exactly the candidate set.
+
+Memory stays flat as the pool grows: parts are preallocated memmaps, written batch by batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tidal_dist.data.manifest import load_manifest
+from tidal_dist.data.readers import StreamingDataset, stream_loader
+from tidal_dist.data.transforms import build_transform
+from tidal_dist.fsutil import atomic_write
+from tidal_dist.strategies.base import Outputs, Strategy
+
+PART_FIELDS = ("ids", "uncertainty", "reported")
+
+
+def draw_candidates(unlabeled: np.ndarray, subset_size: int | str, subset_seed: int,
+                    cycle: int) -> np.ndarray:
+    """The cycle's candidates: a seeded random subset of the unlabeled pool, or all of it.
+    Seeded by (al.subset_seed, cycle), apart from the training seed (tidal-method.md step 4)."""
+    unlabeled = np.sort(np.asarray(unlabeled, dtype=np.int64))
+    if subset_size == "all" or subset_size >= len(unlabeled):
+        return unlabeled
+    rng = np.random.default_rng([subset_seed, cycle])
+    return np.sort(rng.choice(unlabeled, size=int(subset_size), replace=False))
+
+
+def _part_path(folder: Path, name: str, rank: int) -> Path:
+    return folder / f"score_{name}.rank{rank}.npy"
+
+
+def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Path,
+               cycle_seed: int) -> dict[str, np.ndarray] | None:
+    """Score `candidates` on every rank; rank 0 returns the merged {ids, uncertainty, reported}
+    sorted by id (other ranks return None). Raises if the merged ids are not the candidate set."""
+    cfg, acc = session.cfg, session.accelerator
+    rank, world = acc.process_index, acc.num_processes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(cfg.data.root)
+    transform = build_transform(cfg.data.eval_transform, manifest, train=False,
+                                image_size=cfg.data.image_size)
+    dataset = StreamingDataset(cfg.data.root, "pool", transform, ids=candidates, rank=rank,
+                               world_size=world, verify=cfg.data.verify_shards)
+    loader = stream_loader(dataset, cfg.al.score_batch_size, cfg.data.num_workers)
+    # Upper bound of this rank's share: contiguous chunks of ceil(N / (W*K)) per loader worker.
+    workers = max(cfg.data.num_workers, 1)
+    capacity = max(1, math.ceil(len(candidates) / (world * workers)) * workers)
+    parts = {
+        "ids": np.lib.format.open_memmap(_part_path(out_dir, "ids", rank), mode="w+",
+                                         dtype=np.int64, shape=(capacity,)),
+        "uncertainty": np.lib.format.open_memmap(_part_path(out_dir, "uncertainty", rank),
+                                                 mode="w+", dtype=np.float64, shape=(capacity,)),
+        "reported": np.lib.format.open_memmap(_part_path(out_dir, "reported", rank), mode="w+",
+                                              dtype=np.float64, shape=(capacity,)),
+    }
+    parts["ids"][:] = -1
+    model = acc.unwrap_model(session.model)  # no DDP: no collectives inside the loop
+    was_training = model.training
+    model.eval()
+    n = 0
+    t0 = time.time()
+    bar = tqdm(total=len(candidates), desc="scoring", disable=not acc.is_main_process,
+               leave=False, dynamic_ncols=True)
+    with torch.inference_mode():
+        for ids, x, _labels in loader:
+            with acc.autocast():
+                logits, td_logits = model(session.to_device(x, model))
+            out = Outputs(ids=ids, logits=logits.float(), td_logits=td_logits.float())
+            u = strategy.uncertainty(out, cycle_seed)
+            k = len(ids)
+            parts["ids"][n:n + k] = ids.numpy()
+            parts["uncertainty"][n:n + k] = u.cpu().numpy()
+            parts["reported"][n:n + k] = strategy.reported(u).cpu().numpy()
+            n += k
+            bar.update(k * world)  # an estimate of global progress, from rank 0's share
+    bar.close()
+    model.train(was_training)
+    for arr in parts.values():
+        arr.flush()
+    del parts
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    merged = merge_parts(out_dir, world, candidates)
+    merged["seconds"] = np.array(time.time() - t0)
+    return merged
+
+
+def merge_parts(folder: Path, world_size: int, candidates: np.ndarray) -> dict[str, np.ndarray]:
+    """Concatenate the ranks' parts, sort by id, and check: every candidate exactly once."""
+    chunks = {name: [] for name in PART_FIELDS}
+    for r in range(world_size):
+        ids = np.load(_part_path(folder, "ids", r), mmap_mode="r")
+        n = int(np.count_nonzero(ids >= 0))  # filled rows are a prefix
+        for name in PART_FIELDS:
+            chunks[name].append(np.array(np.load(_part_path(folder, name, r), mmap_mode="r")[:n]))
+    merged = {name: np.concatenate(chunks[name]) for name in PART_FIELDS}
+    order = np.argsort(merged["ids"], kind="stable")
+    merged = {name: arr[order] for name, arr in merged.items()}
+    expected = np.sort(np.asarray(candidates, dtype=np.int64))
+    if not np.array_equal(merged["ids"], expected):
+        got = merged["ids"]
+        uniq, counts = np.unique(got, return_counts=True)
+        doubled = uniq[counts > 1][:10].tolist()
+        missing = np.setdiff1d(expected, got)[:10].tolist()
+        extra = np.setdiff1d(got, expected)[:10].tolist()
+        raise RuntimeError(f"scoring did not cover the candidates exactly once: missing {missing}, "
+                           f"doubled {doubled}, not candidates {extra} (first 10 of each)")
+    return merged
+
+
+def save_scores(path: Path, merged: dict[str, np.ndarray]) -> None:
+    atomic_write(path, lambda f: np.savez(f, **{k: merged[k] for k in PART_FIELDS}))
