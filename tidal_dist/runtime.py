@@ -64,6 +64,8 @@ def build_accelerator(cfg: Config) -> Accelerator:
     on_gpu = torch.cuda.is_available()
     precision = resolve_precision(cfg, on_gpu)
     world = world_size()
+    if not on_gpu:  # DeepSpeed would otherwise warn, on every rank, that it found no GPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # The process-group timeout bounds how long a rank waits for a dead peer. Only passed when
     # there is a group to make: Accelerate treats an explicit backend as "distributed".
     handlers = []
