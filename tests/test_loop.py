@@ -1,0 +1,180 @@
+"""The active-learning loop end to end: real 2-process runs, commits, kill -9 and resume, SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.mp import REPO, cpu_env, run_module, tail, torchrun
+from tidal_dist.data.manifest import load_labels, load_manifest
+
+CYCLES, INITIAL, BUDGET = 3, 20, 10
+
+
+def loop_args(root, run_dir, **extra):
+    base = {"data.root": root, "data.num_workers": 1, "model.backbone": "small_cnn",
+            "model.width": 4, "train.epochs": 2, "train.batch_size": 16, "train.lr": 0.05,
+            "train.checkpoint_every": 1, "al.initial": INITIAL, "al.budget": BUDGET,
+            "al.cycles": CYCLES, "al.subset_size": 60, "al.score_batch_size": 32,
+            "run.dir": run_dir, "run.seed": 1, "run.deterministic": True}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run2(root, run_dir, env=None, **extra):
+    return torchrun(2, ["-m", "tidal_dist", "run", *loop_args(root, run_dir, **extra)], env=env)
+
+
+def cycles_of(run_dir):
+    out = []
+    for k in range(CYCLES):
+        d = run_dir / "cycles" / f"cycle_{k:04d}"
+        with np.load(d / "labeled.npz") as lab, np.load(d / "queried.npz") as q:
+            out.append({"labeled": lab["ids"], "labels": lab["labels"], "queried": q["ids"],
+                        "uncertainty": q["uncertainty"]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(synthetic_dataset, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    proc = run2(synthetic_dataset, run_dir)
+    assert proc.returncode == 0, tail(proc)
+    return run_dir, proc
+
+
+def test_three_cycles_two_processes_keep_the_invariants(reference_run, synthetic_dataset):
+    run_dir, proc = reference_run
+    assert "3 cycles done" in proc.stdout
+    pool = load_manifest(synthetic_dataset).split("pool").ids()
+    truth = load_labels(synthetic_dataset, "pool")
+    cycles = cycles_of(run_dir)
+    for k, c in enumerate(cycles):
+        labeled, queried = c["labeled"], c["queried"]
+        assert len(labeled) == INITIAL + k * BUDGET and len(np.unique(labeled)) == len(labeled)
+        assert len(queried) == BUDGET and len(np.unique(queried)) == BUDGET  # budget exact
+        assert np.isin(labeled, pool).all() and np.isin(queried, pool).all()
+        assert not np.isin(queried, labeled).any()  # queries come from the unlabeled pool
+        unlabeled = np.setdiff1d(pool, labeled)
+        assert len(unlabeled) + len(labeled) == len(pool)  # disjoint and covering
+        np.testing.assert_array_equal(c["labels"], truth[labeled])  # simulated oracle
+        if k:
+            prev = cycles[k - 1]
+            np.testing.assert_array_equal(labeled, np.union1d(prev["labeled"], prev["queried"]))
+        metrics = json.loads((run_dir / "cycles" / f"cycle_{k:04d}" / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["labeled"] == len(labeled)
+        assert sum(metrics["labeled_histogram"]) == len(labeled)
+        assert set(metrics["seconds"]) >= {"train", "evaluate", "score", "select", "commit"}
+        td = run_dir / "cycles" / f"cycle_{k:04d}" / "td"
+        np.testing.assert_array_equal(np.load(td / "ids.npy"), labeled)
+        assert (np.load(td / "count.npy") == 2).all()  # every labeled id, once per epoch
+    assert not list((run_dir / "work").glob("cycle_*"))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["labeled"] for r in results["cycles"]] == [20, 30, 40]
+
+
+def test_rerunning_a_finished_run_does_no_work(reference_run, synthetic_dataset):
+    run_dir, _ = reference_run
+    stamp = (run_dir / "cycles" / "cycle_0002" / "metrics.json").stat().st_mtime_ns
+    proc = run_module(["run", *loop_args(synthetic_dataset, run_dir)])
+    assert proc.returncode == 0, tail(proc)
+    assert "resuming" in proc.stderr and "3 cycles done" in proc.stdout
+    assert (run_dir / "cycles" / "cycle_0002" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_a_different_config_is_refused(reference_run, synthetic_dataset):
+    run_dir, _ = reference_run
+    proc = run_module(["run", *loop_args(synthetic_dataset, run_dir, **{"al.budget": 11})])
+    assert proc.returncode == 2
+    assert "al.budget: 10 (run dir) != 11 (now)" in proc.stderr
+
+
+@pytest.mark.parametrize("crash_at, committed_after_crash", [
+    ("epoch:1:1@rank1", 0),          # (a) mid-epoch, on rank 1, in cycle 0
+    ("after_score:1@rank0", 1),       # (b) after scoring cycle 1, before its commit
+    ("during_commit:1@rank0", 1),     # (c) half-way through writing cycle 1's commit
+])
+def test_kill9_then_resume_gives_the_uninterrupted_result(reference_run, synthetic_dataset,
+                                                          tmp_path, crash_at, committed_after_crash):
+    run_dir = tmp_path / "run"
+    crashed = run2(synthetic_dataset, run_dir, env={"TIDAL_DIST_CRASH_AT": crash_at})
+    assert crashed.returncode != 0, tail(crashed)
+    committed = sorted(p.name for p in (run_dir / "cycles").glob("cycle_*")) \
+        if (run_dir / "cycles").exists() else []
+    assert len(committed) == committed_after_crash
+    if crash_at.startswith("during_commit"):
+        assert (run_dir / "cycles" / ".cycle_0001.partial").exists()
+    if crash_at.startswith("epoch"):
+        assert (run_dir / "work" / "cycle_0000" / "ckpt" / "latest").exists()
+    resumed = run2(synthetic_dataset, run_dir)
+    assert resumed.returncode == 0, tail(resumed)
+    ref = cycles_of(reference_run[0])
+    got = cycles_of(run_dir)
+    for k in range(CYCLES):
+        np.testing.assert_array_equal(got[k]["labeled"], ref[k]["labeled"])
+        np.testing.assert_array_equal(got[k]["queried"], ref[k]["queried"])
+        np.testing.assert_allclose(got[k]["uncertainty"], ref[k]["uncertainty"], rtol=1e-5)
+    assert not (run_dir / "cycles" / ".cycle_0001.partial").exists()
+
+
+def _worker_pid(launcher: subprocess.Popen, rank: str) -> int:
+    for child in psutil.Process(launcher.pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == rank and "tidal_dist" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no rank {rank} worker found")
+
+
+def _wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before the signal could be sent"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_sigterm_on_one_rank_stops_all_ranks_with_a_checkpoint(synthetic_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    args = loop_args(synthetic_dataset, run_dir, **{"train.epochs": 40, "al.cycles": 1,
+                                                    "train.checkpoint_every": 0})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "tidal_dist", "run", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank1.npy", proc)
+    time.sleep(1.0)
+    os.kill(_worker_pid(proc, "1"), signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert "preempted at cycle 0" in out, f"{out[-2000:]}\n{err[-3000:]}"
+    ckpt = run_dir / "work" / "cycle_0000" / "ckpt"
+    latest = (ckpt / "latest").read_text().strip()
+    meta = json.loads((ckpt / latest / "meta.json").read_text())
+    assert meta["epoch"] < 40 and meta["world_size"] == 2
+    resumed = torchrun(2, ["-m", "tidal_dist", "run", *args])
+    assert resumed.returncode == 0, tail(resumed)
+    assert f"resuming at epoch {meta['epoch'] + 1}, step {meta['step']}" in resumed.stderr
+    td = run_dir / "cycles" / "cycle_0000" / "td"
+    assert (np.load(td / "count.npy") == 40).all()  # no visit lost or doubled across the stop
+
+
+def test_sigterm_plain_process_exits_with_the_requeue_code(synthetic_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    args = loop_args(synthetic_dataset, run_dir, **{"train.epochs": 40, "al.cycles": 1,
+                                                    "data.num_workers": 0})
+    proc = subprocess.Popen([sys.executable, "-m", "tidal_dist", "run", *args], cwd=REPO,
+                            env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank0.npy", proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    from tidal_dist.preemption import EXIT_PREEMPTED
+
+    assert proc.returncode == EXIT_PREEMPTED, f"{out}\n{err[-3000:]}"
