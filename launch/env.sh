@@ -11,8 +11,13 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "[setup] creating .venv and installing tidal_dist with its pinned dependencies (a few minutes)"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # pip's log goes to a file, shown only if the install fails.
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[dev]"; } \
+       > .venv/pip-install.log 2>&1; then
+    tail -n 40 .venv/pip-install.log >&2
+    echo "[setup] pip install failed; full log in .venv/pip-install.log" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

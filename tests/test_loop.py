@@ -178,3 +178,16 @@ def test_sigterm_plain_process_exits_with_the_requeue_code(synthetic_dataset, tm
     from tidal_dist.preemption import EXIT_PREEMPTED
 
     assert proc.returncode == EXIT_PREEMPTED, f"{out}\n{err[-3000:]}"
+
+
+def test_accelerate_launch_with_the_shipped_cpu_config(synthetic_dataset, tmp_path):
+    """The demo's launcher: `accelerate launch --config_file launch/accelerate/cpu_2proc.yaml`."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           "launch/accelerate/cpu_2proc.yaml", "--main_process_port", "0", "-m", "tidal_dist",
+           "run", *loop_args(synthetic_dataset, run_dir, **{"al.cycles": 1, "train.epochs": 1})]
+    proc = subprocess.run(cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, tail(proc)
+    metrics = json.loads((run_dir / "cycles" / "cycle_0000" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert "1 cycles done" in proc.stdout

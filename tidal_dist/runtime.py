@@ -95,8 +95,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines printed through tqdm.write, so they don't tear a progress bar apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 def setup_logging(is_main: bool) -> None:
     """Rank 0 logs at INFO; the other ranks only report warnings and errors."""
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("tidal_dist").setLevel(logging.INFO if is_main else logging.WARNING)
+    logger = logging.getLogger("tidal_dist")
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False

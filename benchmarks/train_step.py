@@ -1,0 +1,114 @@
+"""Step time of TiDAL training / plain cross-entropy training, same backbone, batch and data.
+
+    python benchmarks/train_step.py [--steps 6] [--backbones small_cnn,resnet18_cifar]
+
+TiDAL's step adds: the TD module's forward/backward, the KL term, reading the TD targets from
+the memory-mapped buffers and recording this step's softmax. Both variants run interleaved in one
+process (plain, tidal, plain, tidal, ...) so drift hits both; the ratio is of medians.
+Target (issue): 1.05 or less. On a GPU it runs bf16 autocast + channels_last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import write
+from tidal_dist.config import ModelConfig
+from tidal_dist.models import build_model, tidal_loss
+from tidal_dist.td_buffer import TDBuffer, VisitRecorder
+
+
+def bench(backbone: str, batch: int, steps: int, size: int, channels: int, device: str) -> dict:
+    torch.manual_seed(0)
+    num_classes = 10
+    model = build_model(ModelConfig(backbone=backbone, width=16), num_classes, channels).to(device)
+    on_gpu = device == "cuda"
+    if on_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    n = batch * 8
+    x_all = torch.randn(n, channels, size, size)
+    y_all = torch.randint(0, num_classes, (n,))
+    tmp = tempfile.mkdtemp()
+    buffer = TDBuffer.create(tmp, np.arange(n), num_classes)
+    recorder = VisitRecorder(tmp, 0, n * (steps + 2), num_classes)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
+
+    def batch_at(i):
+        lo = (i * batch) % n
+        x = x_all[lo:lo + batch].to(device, non_blocking=True)
+        if on_gpu:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return np.arange(lo, lo + batch), x, y_all[lo:lo + batch].to(device)
+
+    def plain_step(i):
+        _, x, y = batch_at(i)
+        with autocast:
+            logits, _ = model.backbone(x)
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def tidal_step(i):
+        ids, x, y = batch_at(i)
+        with autocast:
+            logits, td_logits = model(x)
+        logits, td_logits = logits.float(), td_logits.float()
+        probs = F.softmax(logits.detach(), dim=1)
+        target = buffer.targets(ids, probs)
+        total, _, _ = tidal_loss(logits, td_logits, y, target, 1.0)
+        total.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        recorder.record(ids, probs.cpu().numpy())
+
+    def timed(fn, i):
+        if on_gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(i)
+        if on_gpu:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    for i in range(2):  # warm-up both paths
+        plain_step(i)
+        tidal_step(i)
+    plain, tidal = [], []
+    for i in range(steps):
+        plain.append(timed(plain_step, i))
+        tidal.append(timed(tidal_step, i))
+    p, t = statistics.median(plain), statistics.median(tidal)
+    return {"backbone": backbone, "device": device, "batch": batch, "input": f"{channels}x{size}x{size}",
+            "plain_step_s": p, "tidal_step_s": t, "ratio": t / p,
+            "plain_img_s": batch / p, "tidal_img_s": batch / t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--backbones", default="small_cnn,resnet18_cifar")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, results = [], []
+    for backbone in args.backbones.split(","):
+        size, channels = (32, 3) if device == "cuda" else (28, 1)
+        r = bench(backbone, args.batch, args.steps, size, channels, device)
+        results.append(r)
+        rows.append([backbone, device, r["input"], r["batch"], f"{r['plain_step_s']*1000:.1f}",
+                     f"{r['tidal_step_s']*1000:.1f}", f"{r['ratio']:.3f}"])
+    write(f"train_step_{device}", {"target_ratio_max": 1.05, "results": results},
+          ["backbone", "device", "input", "batch", "plain ms/step", "tidal ms/step", "tidal/plain"], rows)
+
+
+if __name__ == "__main__":
+    main()
