@@ -191,3 +191,11 @@ def test_accelerate_launch_with_the_shipped_cpu_config(synthetic_dataset, tmp_pa
     metrics = json.loads((run_dir / "cycles" / "cycle_0000" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert "1 cycles done" in proc.stdout
+
+
+def test_unknown_strategy_fails_before_any_training(synthetic_dataset, tmp_path):
+    proc = run_module(["run", *loop_args(synthetic_dataset, tmp_path / "run",
+                                         **{"al.strategy": "tidal_entropyy"})])
+    assert proc.returncode == 2
+    assert "unknown strategy 'tidal_entropyy'" in proc.stderr and "tidal_entropy" in proc.stderr
+    assert not (tmp_path / "run" / "work").exists()

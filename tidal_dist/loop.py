@@ -204,6 +204,7 @@ def write_results(run_dir: Path) -> dict:
 
 def run_main(cfg: Config) -> int:
     """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir."""
+    get_strategy(cfg.al.strategy)  # a typo fails now, not after the first cycle's training
     session = build_session(cfg)
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)
