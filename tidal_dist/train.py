@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tidal_dist.config import Config
-from tidal_dist.data.readers import LabeledDataset, RandomAccessReader, epoch_assignment
+from tidal_dist.data.readers import (LabeledDataset, RandomAccessReader, VisitSampler,
+                                     epoch_assignment)
 from tidal_dist.data.transforms import build_transform
 from tidal_dist.models import tidal_loss
 from tidal_dist.runtime import Precision, per_rank_batch
@@ -161,6 +162,13 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         recorder.reset()
 
     batch = per_rank_batch(cfg.train.batch_size, world)
+    # One loader for the whole cycle: persistent workers keep their open shards across epochs;
+    # the sampler hands them each epoch's keys.
+    sampler = VisitSampler()
+    workers = cfg.data.num_workers
+    loader = DataLoader(LabeledDataset(session.reader(), labeled_ids), batch_size=batch,
+                        sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                        pin_memory=torch.cuda.is_available())
     result = CycleResult(engine=type(model).__name__)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
@@ -168,9 +176,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         buffer = TDBuffer(td_dir)  # re-opened each epoch: rank 0 may have replaced the files
         rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world)
         rank_ids, valid = pad_to_full_batches(rank_ids, valid, batch)
-        dataset = LabeledDataset(session.reader(), rank_ids[skip * batch:], valid[skip * batch:])
-        loader = DataLoader(dataset, batch_size=batch, shuffle=False,
-                            num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+        sampler.set_epoch(rank_ids[skip * batch:], valid[skip * batch:], epoch_seed(cfg, cycle), epoch)
         model.train()
         bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from tidal_dist.data.manifest import load_labels, load_manifest
 from tidal_dist.data.readers import (LabeledDataset, RandomAccessReader, StreamingDataset,
-                                     epoch_assignment, stream_loader)
+                                     VisitSampler, epoch_assignment, stream_loader, visit_seed)
 from tidal_dist.data.transforms import build_transform
 from tidal_dist.errors import UserError
 
@@ -72,15 +72,33 @@ def test_reader_missing_and_corrupted_shard(synthetic_dataset, copy_dataset, tra
 
 def test_labeled_dataset_in_loader_workers(synthetic_dataset, transform):
     reader = RandomAccessReader(synthetic_dataset, "pool", transform)
-    rank_ids, valid = epoch_assignment(np.arange(0, 203, 3), epoch=0, seed=0, rank=1, world_size=2)
-    dataset = LabeledDataset(reader, rank_ids, valid)
+    labeled = np.arange(0, 203, 3)
+    sampler = VisitSampler()
+    loader = DataLoader(LabeledDataset(reader, labeled), batch_size=8, sampler=sampler,
+                        num_workers=2, persistent_workers=True)
     labels = load_labels(synthetic_dataset, "pool")
-    seen = []
-    for ids, images, batch_labels, batch_valid in DataLoader(dataset, batch_size=8, num_workers=2):
-        assert images.shape[1:] == (1, 8, 8) and batch_valid.dtype == torch.bool
-        assert batch_labels.tolist() == labels[ids.numpy()].tolist()
-        seen += ids.tolist()
-    assert seen == rank_ids.tolist()
+    for epoch in range(2):  # the same workers serve a new epoch's keys
+        rank_ids, valid = epoch_assignment(labeled, epoch=epoch, seed=0, rank=1, world_size=2)
+        sampler.set_epoch(rank_ids, valid, epoch_seed=0, epoch=epoch)
+        seen = []
+        for ids, images, batch_labels, batch_valid in loader:
+            assert images.shape[1:] == (1, 8, 8) and batch_valid.dtype == torch.bool
+            assert batch_labels.tolist() == labels[ids.numpy()].tolist()
+            seen += ids.tolist()
+        assert seen == rank_ids.tolist()
+
+
+def test_augmentation_is_a_function_of_the_visit(synthetic_dataset):
+    """Same (seed, epoch, id): same crop/flip in any process or worker; other epoch: other draw."""
+    manifest = load_manifest(synthetic_dataset)
+    reader = RandomAccessReader(synthetic_dataset, "pool", build_transform("crop_flip", manifest, train=True))
+    dataset = LabeledDataset(reader, np.arange(203))
+    a = [dataset[(i, True, visit_seed(7, 0, i))][1] for i in range(20)]
+    torch.manual_seed(123)  # the process RNG must not matter
+    b = [dataset[(i, True, visit_seed(7, 0, i))][1] for i in range(20)]
+    c = [dataset[(i, True, visit_seed(7, 1, i))][1] for i in range(20)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, z) for x, z in zip(a, c))
 
 
 # ---------------------------------------------------------------------------------- streaming

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 from wids.wids import IndexedTarSamples
 
 from tidal_dist import distributed
@@ -161,6 +161,7 @@ def _tar_samples(path: Path) -> Iterator[tuple[int, dict[str, bytes]]]:
                     files = {}
                 key = name_key
                 files[ext] = tar.extractfile(member).read()
+                tar.members = []  # stream mode keeps every header otherwise: memory would grow with the shard
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         raise UserError(f"shard '{path}' cannot be read: {type(e).__name__}: {e} (truncated or "
                         f"damaged? prepare the dataset again)") from None
@@ -275,19 +276,45 @@ def epoch_assignment(ids: np.ndarray, epoch: int, seed: int, rank: int,
 
 
 class LabeledDataset(Dataset):
-    """Position i -> (id, image, label, valid) of rank_ids[i], read through a RandomAccessReader."""
+    """Key (id, valid, seed) -> (id, image, label, valid), read through a RandomAccessReader.
 
-    def __init__(self, reader: RandomAccessReader, rank_ids: np.ndarray, valid: np.ndarray) -> None:
+    Used with VisitSampler, which yields the keys of one rank's epoch, so one DataLoader with
+    persistent workers serves every epoch of a cycle. The augmentation of each visit draws from
+    its own generator seeded by `seed` (a function of run seed, epoch and id): the same visit gets
+    the same crop and flip whatever the world size, the loader workers, or a resume in between.
+    """
+
+    def __init__(self, reader: RandomAccessReader, ids: np.ndarray) -> None:
+        self.reader = reader
+        reader.check_shards_for(np.asarray(ids, dtype=np.int64))  # here, so workers inherit it
+
+    def __getitem__(self, key: tuple[int, bool, int]) -> tuple[int, torch.Tensor, int, bool]:
+        sample_id, valid, seed = key
+        with torch.random.fork_rng(devices=[]):  # leave the process's own RNG untouched
+            torch.manual_seed(seed)
+            sample_id, image, label = self.reader[int(sample_id)]
+        return sample_id, image, label, bool(valid)
+
+
+def visit_seed(epoch_seed: int, epoch: int, sample_id: int) -> int:
+    return ((epoch_seed * 1_000_003 + epoch) * 10_000_019 + sample_id) % (2**63 - 1)
+
+
+class VisitSampler(Sampler):
+    """Yields LabeledDataset keys for the epoch set by `set_epoch` (runs in the main process, so
+    persistent workers see each new epoch)."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, bool, int]] = []
+
+    def set_epoch(self, rank_ids: np.ndarray, valid: np.ndarray, epoch_seed: int, epoch: int) -> None:
         if len(rank_ids) != len(valid):
             raise ValueError(f"{len(rank_ids)} ids but {len(valid)} valid flags")
-        self.reader = reader
-        self.rank_ids = np.asarray(rank_ids, dtype=np.int64)
-        self.valid = np.asarray(valid, dtype=bool)
-        reader.check_shards_for(self.rank_ids)  # in this process, so workers inherit the result
+        self.keys = [(i, v, visit_seed(epoch_seed, epoch, i))
+                     for i, v in zip(np.asarray(rank_ids).tolist(), np.asarray(valid).tolist())]
+
+    def __iter__(self):
+        return iter(self.keys)
 
     def __len__(self) -> int:
-        return len(self.rank_ids)
-
-    def __getitem__(self, position: int) -> tuple[int, torch.Tensor, int, bool]:
-        sample_id, image, label = self.reader[int(self.rank_ids[position])]
-        return sample_id, image, label, bool(self.valid[position])
+        return len(self.keys)
