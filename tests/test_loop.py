@@ -77,6 +77,7 @@ def test_three_cycles_two_processes_keep_the_invariants(reference_run, synthetic
     assert not list((run_dir / "work").glob("cycle_*"))
     results = json.loads((run_dir / "results.json").read_text())
     assert [r["labeled"] for r in results["cycles"]] == [20, 30, 40]
+    assert (run_dir / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_rerunning_a_finished_run_does_no_work(reference_run, synthetic_dataset):

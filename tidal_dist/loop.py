@@ -7,7 +7,7 @@ Run directory:
                                  td/ (ids, sum, count), model.pt
     work/cycle_0004/             the cycle in progress: td/, ckpt/, trained/, scores/
     queries/cycle_K.csv          file oracle: what to label;  labels/cycle_K.csv: the answers
-    results.json, results.md     the summary, rewritten after every cycle
+    results.json, results.md, results.png   the summary and the accuracy curve, after every cycle
 
 A cycle becomes visible in one rename (cycles/.cycle_K.partial -> cycles/cycle_K); everything
 else is derived from committed cycles, so a run killed anywhere restarts from the last one (and
@@ -199,7 +199,26 @@ def write_results(run_dir: Path) -> dict:
     lines += [f"| {r['cycle']} | {r['labeled']} | {r['accuracy']:.4f} | "
               f"{r['seconds']['train']:.1f} | {r['seconds']['score']:.1f} |" for r in rows]
     atomic_write(run_dir / "results.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    if rows:
+        plot_accuracy(run_dir / "results.png", rows)
     return summary
+
+
+def plot_accuracy(path: Path, rows: list[dict]) -> None:
+    """Test accuracy against the number of labels: the active-learning curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=150)
+    ax.plot([r["labeled"] for r in rows], [100 * r["accuracy"] for r in rows], marker="o")
+    ax.set_xlabel("labeled samples")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
 
 
 def run_main(cfg: Config) -> int:
@@ -233,6 +252,8 @@ def run_main(cfg: Config) -> int:
                   f"again to continue", flush=True)
         return preemption.EXIT_PREEMPTED
     if acc.is_main_process:
+        if (run_dir / "work").is_dir() and not any((run_dir / "work").iterdir()):
+            (run_dir / "work").rmdir()
         summary = write_results(run_dir)
         last = summary["cycles"][-1] if summary["cycles"] else None
         if last:
