@@ -158,7 +158,9 @@ def test_sigterm_on_one_rank_stops_all_ranks_with_a_checkpoint(synthetic_dataset
     ckpt = run_dir / "work" / "cycle_0000" / "ckpt"
     latest = (ckpt / "latest").read_text().strip()
     meta = json.loads((ckpt / latest / "meta.json").read_text())
-    assert meta["epoch"] < 40 and meta["world_size"] == 2
+    assert meta["epoch"] < 40 and meta["world_size"] == 2 and meta["step"] > 0
+    other_world = run_module(["run", *args])  # a mid-epoch split can't be continued by 1 rank
+    assert other_world.returncode == 2 and "resume it with 2" in other_world.stderr
     resumed = torchrun(2, ["-m", "tidal_dist", "run", *args])
     assert resumed.returncode == 0, tail(resumed)
     assert f"resuming at epoch {meta['epoch'] + 1}, step {meta['step']}" in resumed.stderr

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tidal_dist.errors import UserError
 from tidal_dist.fsutil import atomic_write_json, atomic_write_text, fsync_dir
 from tidal_dist.td_buffer import TDBuffer
 
@@ -91,6 +92,11 @@ def save(acc, model, optimizer, scheduler, td_dir: Path, ckpt_root: Path, epoch:
 def load(acc, model, optimizer, scheduler, td_dir: Path, path: Path) -> dict:
     """Collective: restore everything saved by `save`; returns meta (epoch, step, sums)."""
     meta = json.loads((path / "meta.json").read_text())
+    if meta["step"] > 0 and meta["world_size"] != acc.num_processes:
+        # Which samples the interrupted epoch still owes depends on how it was split.
+        raise UserError(f"checkpoint '{path}' was taken mid-epoch with {meta['world_size']} "
+                        f"processes; resume it with {meta['world_size']} (epoch-boundary "
+                        f"checkpoints resume with any number)")
     if meta["world_size"] != acc.num_processes:
         # RNG streams are per rank; a different world size still resumes correctly, only the
         # augmentation draws differ from an uninterrupted run.
