@@ -202,3 +202,18 @@ def test_unknown_strategy_fails_before_any_training(synthetic_dataset, tmp_path)
     assert proc.returncode == 2
     assert "unknown strategy 'tidal_entropyy'" in proc.stderr and "tidal_entropy" in proc.stderr
     assert not (tmp_path / "run" / "work").exists()
+
+
+def test_only_rank_0_writes_shared_files(synthetic_dataset, tmp_path):
+    """Every open-for-write under the run dir, on every rank, is audited (sys.addaudithook)."""
+    run_dir, audit_dir = tmp_path / "run", tmp_path / "audit"
+    audit_dir.mkdir()
+    args = [a for a in loop_args(synthetic_dataset, run_dir, **{"al.cycles": 2})
+            if not a.startswith("run.dir=")]
+    proc = torchrun(2, ["tests/workers/audited_run.py", str(run_dir), str(audit_dir), *args])
+    assert proc.returncode == 0, tail(proc)
+    rank0 = json.loads((audit_dir / "audit.rank0.json").read_text())
+    rank1 = json.loads((audit_dir / "audit.rank1.json").read_text())
+    assert rank0["rc"] == rank1["rc"] == 0
+    assert any(p.endswith("metrics.json") or ".metrics.json." in p for p in rank0["foreign_writes"])
+    assert rank1["foreign_writes"] == [], "rank 1 wrote shared files"

@@ -145,6 +145,7 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
         metrics.update({
             "cycle": k, "labeled": len(ids), "candidates": len(candidates),
             "queried": len(queried["ids"]), "strategy": strategy.name,
+            "subset_seed": cfg.al.subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
             # Ground-truth classes of the queries where the shards have them (simulation only).
