@@ -25,12 +25,14 @@ def settings(root, **extra):
 
 @pytest.fixture(scope="module")
 def standin_runs(synthetic_dataset, tmp_path_factory):
-    """The same lr=0 stand-in trained with 1, 2 and 3 processes (61 labeled: no world size divides)."""
+    """The same lr=0 stand-in trained with 1, 2 and 3 processes (61 labeled: no world size
+    divides), with 0, 2 and 1 loader workers per rank."""
     runs = {}
-    for world in (1, 2, 3):
+    for world, workers in ((1, 0), (2, 2), (3, 1)):
         out = tmp_path_factory.mktemp(f"standin{world}")
         args = settings(synthetic_dataset, **{"train.lr": 0.0, "train.momentum": 0.0,
-                                              "train.weight_decay": 0.0})
+                                              "train.weight_decay": 0.0,
+                                              "data.num_workers": workers})
         proc = torchrun(world, [WORKER, str(out), "standin", *args])
         assert proc.returncode == 0, tail(proc)
         runs[world] = out
