@@ -25,7 +25,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tidal-dist", description=__doc__.split("\n")[0])
+    from tidal_dist import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tidal-dist",
+        description="Distributed active learning with training dynamics (TiDAL, ICCV 2023) on "
+                    "WebDataset shards. Run a subcommand with -h for its options.")
+    parser.add_argument("--version", action="version", version=f"tidal_dist {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="write a dataset as WebDataset shards + manifest")
