@@ -168,7 +168,8 @@ def test_sigterm_on_one_rank_stops_all_ranks_with_a_checkpoint(synthetic_dataset
     assert (np.load(td / "count.npy") == 40).all()  # no visit lost or doubled across the stop
 
 
-def test_sigterm_plain_process_exits_with_the_requeue_code(synthetic_dataset, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_plain_process_exits_with_the_requeue_code(synthetic_dataset, tmp_path, signum):
     run_dir = tmp_path / "run"
     args = loop_args(synthetic_dataset, run_dir, **{"train.epochs": 40, "al.cycles": 1,
                                                     "data.num_workers": 0})
@@ -176,7 +177,7 @@ def test_sigterm_plain_process_exits_with_the_requeue_code(synthetic_dataset, tm
                             env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank0.npy", proc)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     from tidal_dist.preemption import EXIT_PREEMPTED
 
@@ -217,3 +218,10 @@ def test_only_rank_0_writes_shared_files(synthetic_dataset, tmp_path):
     assert rank0["rc"] == rank1["rc"] == 0
     assert any(p.endswith("metrics.json") or ".metrics.json." in p for p in rank0["foreign_writes"])
     assert rank1["foreign_writes"] == [], "rank 1 wrote shared files"
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    proc = run_module(["run", f"data.root={tmp_path / 'nowhere'}", f"run.dir={tmp_path / 'run'}"])
+    assert proc.returncode == 2
+    assert f"'{tmp_path / 'nowhere'}' is not a dataset written by `tidal-dist prepare`" in proc.stderr
+    assert not (tmp_path / "run").exists()
