@@ -189,14 +189,14 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                 logits, td_logits = model(x)
             logits, td_logits = logits.float(), td_logits.float()
             probs = F.softmax(logits.detach(), dim=1)
-            target = probs.clone()
-            if v_np.any():
-                target[v_dev] = buffer.targets(ids_np[v_np], probs[v_dev])
+            # Padding rows repeat real ids, so every row has a target; the loss masks them out.
+            # No boolean indexing on the device: it would force a host sync per step.
+            target = buffer.targets(ids_np, probs)
             total, ce, kl = tidal_loss(logits, td_logits, y, target, cfg.train.td_weight, valid=v_dev)
             acc.backward(total)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            recorder.record(ids_np[v_np], probs[v_dev].cpu().numpy())
+            recorder.record(ids_np[v_np], probs.cpu().numpy()[v_np])
             faults.maybe_crash_in_epoch(epoch, step)
             n = v_dev.sum()
             sums += torch.stack([total.detach() * n, ce.detach() * n, kl.detach() * n, n]).double()
