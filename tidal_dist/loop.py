@@ -30,7 +30,6 @@ import torch
 from tidal_dist import faults, preemption
 from tidal_dist.config import Config, bind_run_dir
 from tidal_dist.data.manifest import load_labels, load_manifest
-from tidal_dist.errors import UserError
 from tidal_dist.evaluate import evaluate
 from tidal_dist.fsutil import atomic_write, atomic_write_json, fsync_dir
 from tidal_dist.oracle import LabelsPending, export_queries, label_queries, queries_path
@@ -141,7 +140,8 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     if acc.is_main_process:
         picked = top_k(merged["ids"], merged["uncertainty"], min(cfg.al.budget, len(candidates)))
         queried = {name: merged[name][picked] for name in ("ids", "uncertainty", "reported")}
-        queried_labels = load_labels(cfg.data.root, "pool")[queried["ids"] - manifest.split("pool").first_id]
+        pool_labels = load_labels(cfg.data.root, "pool")
+        queried_labels = pool_labels[queried["ids"] - manifest.split("pool").first_id]
         metrics.update({
             "cycle": k, "labeled": len(ids), "candidates": len(candidates),
             "queried": len(queried["ids"]), "strategy": strategy.name,
@@ -265,5 +265,3 @@ def run_main(cfg: Config) -> int:
     acc.end_training()
     return 0
 
-
-__all__ = ["run_main", "EXIT_LABELS_PENDING", "UserError"]

@@ -12,7 +12,6 @@ Memory stays flat as the pool grows: parts are preallocated memmaps, written bat
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +71,6 @@ def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Pat
     was_training = model.training
     model.eval()
     n = 0
-    t0 = time.time()
     bar = tqdm(total=len(candidates), desc="scoring", disable=not acc.is_main_process,
                leave=False, dynamic_ncols=True)
     with torch.inference_mode():
@@ -95,9 +93,7 @@ def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Pat
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
-    merged = merge_parts(out_dir, world, candidates)
-    merged["seconds"] = np.array(time.time() - t0)
-    return merged
+    return merge_parts(out_dir, world, candidates)
 
 
 def merge_parts(folder: Path, world_size: int, candidates: np.ndarray) -> dict[str, np.ndarray]:
