@@ -105,3 +105,18 @@ def test_run_dir_refuses_another_config(tmp_path):
     assert "train.epochs: 5 (run dir) != 9 (now)" in str(e.value)
     assert "train.lr" in str(e.value)
     assert "epochs: 5" in (tmp_path / "run" / "config.yaml").read_text()  # nothing overwritten
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("cifar100", {"al.initial": 2000, "al.budget": 2000, "al.cycles": 10, "model.backbone": "resnet18_cifar"}),
+    ("fashion_mnist", {"al.initial": 1000, "al.subset_size": 10000, "data.root": "data/shards/fashion_mnist"}),
+    ("cifar10_imb10", {"al.initial": 500, "al.budget": 500, "data.imbalance_ratio": 10.0}),
+    ("inat2018", {"al.initial": 20000, "al.cycles": 5, "al.subset_size": 100000,
+                  "model.backbone": "resnet50", "data.image_size": 224}),
+])
+def test_protocol_configs(name, expected):
+    from tidal_dist.config import flatten
+
+    flat = flatten(load_config(f"configs/{name}.yaml"))
+    assert {k: flat[k] for k in expected} == expected
+    assert (flat["train.epochs"], flat["train.lr"], flat["train.batch_size"]) == (200, 0.1, 128)
