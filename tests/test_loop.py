@@ -225,3 +225,27 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert f"'{tmp_path / 'nowhere'}' is not a dataset written by `tidal-dist prepare`" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_deepspeed_kill9_mid_epoch_resumes_from_its_zero_checkpoint(synthetic_dataset, tmp_path):
+    """ZeRO-2 partitions are checkpointed per rank (weights_only) and restored exactly."""
+    ds = {"train.engine": "deepspeed", "train.zero_stage": 2, "train.epochs": 3, "al.cycles": 1}
+    reference = run2(synthetic_dataset, tmp_path / "ref", **ds)
+    assert (tmp_path / "ref" / "cycles" / "cycle_0000").exists(), tail(reference)
+    run_dir = tmp_path / "run"
+    crashed = run2(synthetic_dataset, run_dir, env={"TIDAL_DIST_CRASH_AT": "epoch:2:1@rank1"}, **ds)
+    assert crashed.returncode != 0
+    ckpt = run_dir / "work" / "cycle_0000" / "ckpt"
+    latest = (ckpt / "latest").read_text().strip()
+    assert sorted(p.name for p in (ckpt / latest).glob("optim.rank*.pt")) == \
+        ["optim.rank0.pt", "optim.rank1.pt"]
+    resumed = run2(synthetic_dataset, run_dir, **ds)
+    assert (run_dir / "cycles" / "cycle_0000").exists(), tail(resumed)
+    assert "resuming at epoch 3, step 0" in resumed.stderr
+    for name in ("queried.npz", "labeled.npz"):
+        with np.load(tmp_path / "ref" / "cycles" / "cycle_0000" / name) as a, \
+                np.load(run_dir / "cycles" / "cycle_0000" / name) as b:
+            np.testing.assert_array_equal(a["ids"], b["ids"])
+    with np.load(tmp_path / "ref" / "cycles" / "cycle_0000" / "queried.npz") as a, \
+            np.load(run_dir / "cycles" / "cycle_0000" / "queried.npz") as b:
+        np.testing.assert_allclose(a["uncertainty"], b["uncertainty"], rtol=1e-5)

@@ -9,8 +9,10 @@ A checkpoint folder is written under a `.partial` name and renamed when complete
 replaced atomically after that: a kill at any moment leaves the previous checkpoint usable.
 Everything loads with torch.load(weights_only=True): tensors, numbers, tuples and dicts only.
 
-DeepSpeed keeps partitioned optimizer state that only its own checkpoint format holds, so
-DeepSpeed runs take no mid-cycle checkpoints and resume from the start of the cycle.
+DeepSpeed ZeRO-1/2 partitions the optimizer: each rank saves its own partition
+(`optim.rank{R}.pt`: the base optimizer's state and the fp32 master partition, tensors only) and
+loads it back into its live ZeRO optimizer, whose layout metadata (custom classes that
+weights_only refuses) is rebuilt identically by the same config and world size.
 """
 
 from __future__ import annotations
@@ -51,6 +53,27 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_ZERO_KEYS = ("base_optimizer_state", "base_optimizer_state_step", "single_partition_of_fp32_groups")
+
+
+def _zero_optimizer(model):
+    """The ZeRO optimizer inside a DeepSpeedEngine, or None for DDP / plain models."""
+    return model.optimizer if type(model).__name__ == "DeepSpeedEngine" else None
+
+
+def _save_zero_partition(zero, path: Path) -> None:
+    state = zero.state_dict()
+    torch.save({k: state[k] for k in _ZERO_KEYS if k in state}, path)
+
+
+def _load_zero_partition(zero, path: Path, world_size: int) -> None:
+    state = zero.state_dict()  # live layout metadata for this config and world size
+    state.update(torch.load(path, map_location="cpu", weights_only=True))
+    # DeepSpeed picks entry [dp_rank] of the list; every rank passes only its own partition.
+    zero.load_state_dict([state] * world_size, load_optimizer_states=True,
+                         load_from_fp32_weights=True)
+
+
 def latest(ckpt_root: Path) -> Path | None:
     pointer = ckpt_root / "latest"
     if not pointer.exists():
@@ -69,10 +92,13 @@ def save(acc, model, optimizer, scheduler, td_dir: Path, ckpt_root: Path, epoch:
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng.rank{acc.process_index}.pt")
+    zero = _zero_optimizer(model)
+    if zero is not None:
+        _save_zero_partition(zero, tmp / f"optim.rank{acc.process_index}.pt")
     acc.wait_for_everyone()
     if acc.is_main_process:
         torch.save({"model": acc.unwrap_model(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": optimizer.state_dict() if zero is None else None,
                     "scheduler": scheduler.state_dict()}, tmp / "train_state.pt")
         TDBuffer(td_dir).copy_to(tmp / "td")
         atomic_write_json(tmp / "meta.json", {"epoch": epoch, "step": step,
@@ -105,7 +131,14 @@ def load(acc, model, optimizer, scheduler, td_dir: Path, path: Path) -> dict:
         rng_file = path / f"rng.rank{acc.process_index}.pt"
     state = torch.load(path / "train_state.pt", map_location="cpu", weights_only=True)
     acc.unwrap_model(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    zero = _zero_optimizer(model)
+    if zero is None:
+        optimizer.load_state_dict(state["optimizer"])
+    elif meta["world_size"] != acc.num_processes:
+        raise UserError(f"checkpoint '{path}' holds DeepSpeed ZeRO partitions for "
+                        f"{meta['world_size']} processes; resume it with {meta['world_size']}")
+    else:
+        _load_zero_partition(zero, path / f"optim.rank{acc.process_index}.pt", acc.num_processes)
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
     if acc.is_main_process:

@@ -134,8 +134,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     acc.free_memory()  # drop the previous cycle's wrapped model / optimizer / engine
     optimizer, scheduler = build_optimizer(cfg, session.model)
     model, optimizer = acc.prepare(session.model, optimizer)
-    checkpoints = cfg.train.engine != "deepspeed"  # see checkpoint.py
-    resume = checkpoint.latest(ckpt_root) if checkpoints else None
+    resume = checkpoint.latest(ckpt_root)
     if resume is None and acc.is_main_process:
         TDBuffer.create(td_dir, labeled_ids, session.num_classes)  # reset at every cycle start
     acc.wait_for_everyone()
@@ -204,9 +203,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                 bar.set_postfix(loss=f"{total.item():.3f}", kl=f"{kl.item():.4f}")
             if preemption.agreed(acc.device):
                 fold()
-                if checkpoints:
-                    checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch,
-                                    step + 1, sums)
+                checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch, step + 1,
+                                sums)
                 raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
         bar.close()
         scheduler.step()
@@ -224,7 +222,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                      cycle, epoch + 1, cfg.train.epochs, stats.loss, stats.ce, stats.kl,
                      stats.samples, stats.seconds)
         every = cfg.train.checkpoint_every
-        if checkpoints and every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
+        if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
             checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums)
     sync_buffers(session.model)
     result.seconds = time.time() - start
