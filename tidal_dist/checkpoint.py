@@ -124,8 +124,8 @@ def load(acc, model, optimizer, scheduler, td_dir: Path, path: Path) -> dict:
                         f"processes; resume it with {meta['world_size']} (epoch-boundary "
                         f"checkpoints resume with any number)")
     if meta["world_size"] != acc.num_processes:
-        # RNG streams are per rank; a different world size still resumes correctly, only the
-        # augmentation draws differ from an uninterrupted run.
+        # RNG streams are per rank; with another world size every rank takes rank 0's. The
+        # augmentation is seeded per visit (data.readers.visit_seed), so it does not change.
         rng_file = path / "rng.rank0.pt"
     else:
         rng_file = path / f"rng.rank{acc.process_index}.pt"
