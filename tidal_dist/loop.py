@@ -29,7 +29,7 @@ import torch
 
 from tidal_dist import faults, preemption
 from tidal_dist.config import Config, bind_run_dir
-from tidal_dist.data.manifest import load_labels, load_manifest
+from tidal_dist.data.manifest import Manifest, load_labels
 from tidal_dist.evaluate import evaluate
 from tidal_dist.fsutil import atomic_write, atomic_write_json, fsync_dir
 from tidal_dist.oracle import LabelsPending, export_queries, label_queries, queries_path
@@ -62,9 +62,9 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def labeled_set_for(cfg: Config, run_dir: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+def labeled_set_for(cfg: Config, manifest: Manifest, run_dir: Path,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) to train on in cycle k, derived from committed state only."""
-    manifest = load_manifest(cfg.data.root)
     if k == 0:
         ids = initial_labeled_set(cfg)
         labels = load_labels(cfg.data.root, "pool")[ids - manifest.split("pool").first_id]
@@ -117,10 +117,9 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
 
 
 def run_cycle(session: Session, run_dir: Path, k: int) -> None:
-    cfg, acc = session.cfg, session.accelerator
-    manifest = load_manifest(cfg.data.root)
+    cfg, acc, manifest = session.cfg, session.accelerator, session.manifest
     work = run_dir / "work" / f"cycle_{k:04d}"
-    ids, labels = labeled_set_for(cfg, run_dir, k)
+    ids, labels = labeled_set_for(cfg, manifest, run_dir, k)
     seed_everything(cfg.run.seed * 1_000_003 + k, cfg.run.deterministic)  # resume == no resume
     if k > 0:
         _load_model(cycle_dir(run_dir, k - 1) / "model.pt", acc.unwrap_model(session.model))

@@ -1,7 +1,7 @@
 """Sharded scoring of the candidate pool.
 
-Each rank streams its own share of the candidates (data.readers.StreamingDataset: rank x loader
-worker, exactly once), runs backbone + TD module in eval mode with no augmentation, and appends
+Each rank streams its own share of the candidates (inference.predict: rank x loader worker,
+exactly once), runs backbone + TD module in eval mode with no augmentation, and appends
 (id, uncertainty, reported value) to memory-mapped part files that carry its rank in their name.
 No collective runs inside the loop, so ranks may see different numbers of batches. One barrier;
 rank 0 merges the parts and checks that the merged ids are exactly the candidate set.
@@ -15,16 +15,14 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from tidal_dist.data.manifest import load_manifest
-from tidal_dist.data.readers import StreamingDataset, stream_loader
-from tidal_dist.data.transforms import build_transform
 from tidal_dist.fsutil import atomic_write
+from tidal_dist.inference import predict
 from tidal_dist.strategies.base import Outputs, Strategy
 
-PART_FIELDS = ("ids", "uncertainty", "reported")
+PART_DTYPES = {"ids": np.int64, "uncertainty": np.float64, "reported": np.float64}
+PART_FIELDS = tuple(PART_DTYPES)
 
 
 def draw_candidates(unlabeled: np.ndarray, subset_size: int | str, subset_seed: int,
@@ -49,44 +47,26 @@ def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Pat
     cfg, acc = session.cfg, session.accelerator
     rank, world = acc.process_index, acc.num_processes
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = load_manifest(cfg.data.root)
-    transform = build_transform(cfg.data.eval_transform, manifest, train=False,
-                                image_size=cfg.data.image_size)
-    dataset = StreamingDataset(cfg.data.root, "pool", transform, ids=candidates, rank=rank,
-                               world_size=world, verify=cfg.data.verify_shards)
-    loader = stream_loader(dataset, cfg.al.score_batch_size, cfg.data.num_workers)
     # Upper bound of this rank's share: contiguous chunks of ceil(N / (W*K)) per loader worker.
     workers = max(cfg.data.num_workers, 1)
     capacity = max(1, math.ceil(len(candidates) / (world * workers)) * workers)
-    parts = {
-        "ids": np.lib.format.open_memmap(_part_path(out_dir, "ids", rank), mode="w+",
-                                         dtype=np.int64, shape=(capacity,)),
-        "uncertainty": np.lib.format.open_memmap(_part_path(out_dir, "uncertainty", rank),
-                                                 mode="w+", dtype=np.float64, shape=(capacity,)),
-        "reported": np.lib.format.open_memmap(_part_path(out_dir, "reported", rank), mode="w+",
-                                              dtype=np.float64, shape=(capacity,)),
-    }
+    parts = {name: np.lib.format.open_memmap(_part_path(out_dir, name, rank), mode="w+",
+                                             dtype=PART_DTYPES[name], shape=(capacity,))
+             for name in PART_FIELDS}
     parts["ids"][:] = -1
-    model = acc.unwrap_model(session.model)  # no DDP: no collectives inside the loop
-    was_training = model.training
-    model.eval()
     n = 0
     bar = tqdm(total=len(candidates), desc="scoring", disable=not acc.is_main_process,
                leave=False, dynamic_ncols=True)
-    with torch.inference_mode():
-        for ids, x, _labels in loader:
-            with acc.autocast():
-                logits, td_logits = model(session.to_device(x, model))
-            out = Outputs(ids=ids, logits=logits.float(), td_logits=td_logits.float())
-            u = strategy.uncertainty(out, cycle_seed)
-            k = len(ids)
-            parts["ids"][n:n + k] = ids.numpy()
-            parts["uncertainty"][n:n + k] = u.cpu().numpy()
-            parts["reported"][n:n + k] = strategy.reported(u).cpu().numpy()
-            n += k
-            bar.update(k * world)  # an estimate of global progress, from rank 0's share
+    for ids, _labels, logits, td_logits in predict(session, "pool", cfg.al.score_batch_size,
+                                                   ids=candidates):
+        u = strategy.uncertainty(Outputs(ids=ids, logits=logits, td_logits=td_logits), cycle_seed)
+        k = len(ids)
+        parts["ids"][n:n + k] = ids.numpy()
+        parts["uncertainty"][n:n + k] = u.cpu().numpy()
+        parts["reported"][n:n + k] = strategy.reported(u).cpu().numpy()
+        n += k
+        bar.update(k * world)  # an estimate of global progress, from rank 0's share
     bar.close()
-    model.train(was_training)
     for arr in parts.values():
         arr.flush()
     del parts

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tidal_dist.config import Config
+from tidal_dist.data.manifest import Manifest
 from tidal_dist.data.readers import (LabeledDataset, RandomAccessReader, VisitSampler,
                                      epoch_assignment)
 from tidal_dist.data.transforms import build_transform
@@ -49,8 +50,12 @@ class Session:
     accelerator: Accelerator
     model: nn.Module  # the raw TiDALNet: its weights persist across cycles (warm start)
     precision: Precision
-    num_classes: int
+    manifest: Manifest  # of cfg.data.root, read once per process
     train_reader: RandomAccessReader | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
 
     @property
     def device(self) -> torch.device:
@@ -58,10 +63,8 @@ class Session:
 
     def reader(self) -> RandomAccessReader:
         if self.train_reader is None:
-            from tidal_dist.data.manifest import load_manifest
-
             c = self.cfg.data
-            transform = build_transform(c.train_transform, load_manifest(c.root), train=True,
+            transform = build_transform(c.train_transform, self.manifest, train=True,
                                         crop_padding=c.crop_padding, image_size=c.image_size)
             self.train_reader = RandomAccessReader(c.root, "pool", transform, verify=c.verify_shards)
         return self.train_reader
@@ -263,14 +266,13 @@ def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
                  acc.distributed_type, acc.num_processes, cfg.train.engine, acc.device,
                  precision.bf16, type(model).__name__,
                  sum(p.numel() for p in model.parameters()) / 1e6)
-    return Session(cfg=cfg, accelerator=acc, model=model, precision=precision,
-                   num_classes=manifest.num_classes)
+    return Session(cfg=cfg, accelerator=acc, model=model, precision=precision, manifest=manifest)
 
 
 def train_main(cfg: Config) -> int:
     """`tidal-dist train`: one cycle on the initial labeled set, then test accuracy."""
     from tidal_dist.config import bind_run_dir
-    from tidal_dist.data.manifest import load_labels, load_manifest
+    from tidal_dist.data.manifest import load_labels
     from tidal_dist.evaluate import evaluate
     from tidal_dist.fsutil import atomic_write_json
     from tidal_dist.pool import initial_labeled_set
@@ -279,7 +281,7 @@ def train_main(cfg: Config) -> int:
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)
     labeled = initial_labeled_set(cfg)
-    labels = load_labels(cfg.data.root, "pool")[labeled - load_manifest(cfg.data.root).split("pool").first_id]
+    labels = load_labels(cfg.data.root, "pool")[labeled - session.manifest.split("pool").first_id]
     result = train_cycle(session, labeled, labels, run_dir / "train", cycle=0)
     metrics = evaluate(session)
     if acc.is_main_process:

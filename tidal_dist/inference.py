@@ -1,0 +1,38 @@
+"""Eval-mode forward passes over a split, sharded across ranks: shared by evaluation and scoring.
+
+Each rank streams its own share (data.readers.StreamingDataset, exactly once over ranks x loader
+workers) through the unwrapped model: DDP's forward may broadcast buffers, a collective that would
+deadlock when ranks run different numbers of batches. No collective runs inside the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from tidal_dist.data.readers import StreamingDataset, stream_loader
+from tidal_dist.data.transforms import build_transform
+
+
+def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (ids, labels, logits, td_logits) for this rank's share of `split` (or of `ids`);
+    logits are float32 on the device, ids and labels stay on the CPU."""
+    cfg, acc = session.cfg, session.accelerator
+    transform = build_transform(cfg.data.eval_transform, session.manifest, train=False,
+                                image_size=cfg.data.image_size)
+    dataset = StreamingDataset(cfg.data.root, split, transform, ids=ids, rank=acc.process_index,
+                               world_size=acc.num_processes, verify=cfg.data.verify_shards)
+    model = acc.unwrap_model(session.model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch_ids, x, y in stream_loader(dataset, batch_size, cfg.data.num_workers):
+                with acc.autocast():
+                    logits, td_logits = model(session.to_device(x, model))
+                yield batch_ids, y, logits.float(), td_logits.float()
+    finally:
+        model.train(was_training)
