@@ -104,18 +104,6 @@ def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimize
     return opt, sched
 
 
-def pad_to_full_batches(rank_ids: np.ndarray, valid: np.ndarray,
-                        batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fill the last batch with (invalid) repeats: a 1-sample batch breaks BatchNorm, and every
-    rank pads the same amount, so step counts stay equal."""
-    total = -(-len(rank_ids) // batch) * batch
-    if total == len(rank_ids) or len(rank_ids) == 0:
-        return rank_ids, valid
-    extra = total - len(rank_ids)
-    return (np.concatenate([rank_ids, np.resize(rank_ids, extra)]),
-            np.concatenate([valid, np.zeros(extra, dtype=bool)]))
-
-
 def epoch_seed(cfg: Config, cycle: int) -> int:
     return cfg.run.seed * 1_000_003 + cycle
 
@@ -176,8 +164,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         t0 = time.time()
         skip = start_step if epoch == start_epoch else 0
         buffer = TDBuffer(td_dir)  # re-opened each epoch: rank 0 may have replaced the files
-        rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world)
-        rank_ids, valid = pad_to_full_batches(rank_ids, valid, batch)
+        rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world,
+                                           batch_size=batch)
         sampler.set_epoch(rank_ids[skip * batch:], valid[skip * batch:], epoch_seed(cfg, cycle), epoch)
         model.train()
         bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",

@@ -200,6 +200,16 @@ def test_epoch_assignment_covers_exactly_once(world_size, n):
     assert all(np.isin(rank_ids, ids).all() for rank_ids, _ in parts)  # padding repeats real ids
 
 
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_epoch_assignment_pads_to_full_batches(world_size):
+    ids = np.arange(61)
+    parts = [epoch_assignment(ids, 0, 7, r, world_size, batch_size=6) for r in range(world_size)]
+    assert all(len(rank_ids) % 6 == 0 for rank_ids, _ in parts)  # no short last batch
+    assert len({len(rank_ids) for rank_ids, _ in parts}) == 1
+    valid_ids = np.concatenate([rank_ids[valid] for rank_ids, valid in parts])
+    assert sorted(valid_ids.tolist()) == ids.tolist()
+
+
 def test_epoch_assignment_is_seeded():
     ids = np.arange(50)
     a = epoch_assignment(ids, epoch=0, seed=1, rank=0, world_size=2)[0]

@@ -260,16 +260,18 @@ def stream_loader(dataset: StreamingDataset, batch_size: int, num_workers: int) 
 # ----------------------------------------------------------------------------------------------
 # Training: an exact per-epoch split of the labeled ids over the ranks.
 
-def epoch_assignment(ids: np.ndarray, epoch: int, seed: int, rank: int,
-                     world_size: int) -> tuple[np.ndarray, np.ndarray]:
+def epoch_assignment(ids: np.ndarray, epoch: int, seed: int, rank: int, world_size: int,
+                     batch_size: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(ids of `rank` for `epoch`, valid mask). Same permutation on every rank (seed, epoch only);
-    wrap-around padding makes every rank's count equal (DDP needs equal step counts) and is
+    wrap-around padding makes every rank's count equal (DDP needs equal step counts) and a
+    multiple of `batch_size` (a 1-sample last batch breaks BatchNorm in train mode). Padding is
     marked valid=False so it is never counted as a visit. Valid entries over all ranks = `ids`."""
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is outside world size {world_size}")
     ordered = np.sort(np.asarray(ids, dtype=np.int64).ravel())  # the caller's order must not matter
     permuted = ordered[np.random.default_rng([seed, epoch]).permutation(len(ordered))]
-    total = -(-len(permuted) // world_size) * world_size
+    chunk = world_size * batch_size
+    total = -(-len(permuted) // chunk) * chunk
     padded = np.resize(permuted, total) if len(permuted) else permuted  # np.resize repeats cyclically
     valid = np.arange(total) < len(permuted)
     return padded[rank::world_size], valid[rank::world_size]
