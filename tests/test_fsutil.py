@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tidal_dist.fsutil import atomic_write, atomic_write_json, read_json
+from tidal_dist.fsutil import _umask, atomic_write, atomic_write_json, read_json
 
 
 def test_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
@@ -28,9 +28,3 @@ def test_a_failing_writer_keeps_the_old_file(tmp_path):
         atomic_write(p, half_then_die)
     assert read_json(p) == {"cycle": 1}
     assert os.listdir(tmp_path) == ["state.json"]
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -104,7 +104,6 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
     t0 = time.time()
     result = train_cycle(session, ids, labels, work, cycle=k)
     t1 = time.time()
-    faults.maybe_crash("after_train", k)
     metrics = evaluate(session)
     out = {"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"],
            "train": [vars(e) for e in result.epochs],
