@@ -36,7 +36,7 @@ from tidal_dist.data.transforms import build_transform  # noqa: E402
 from tidal_dist.score import score_pool  # noqa: E402
 from tidal_dist.selection import top_k  # noqa: E402
 from tidal_dist.strategies import get_strategy  # noqa: E402
-from tidal_dist.train import build_session  # noqa: E402
+from tidal_dist.session import build_session  # noqa: E402
 
 
 def dataset(work: Path, n: int, size: str) -> Path:

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import write
 from tidal_dist.config import ModelConfig
-from tidal_dist.models import build_model, tidal_loss
+from tidal_dist.models import build_model
+from tidal_dist.objectives.tidal import tidal_loss
 from tidal_dist.td_buffer import TDBuffer, VisitRecorder
 
 
@@ -60,8 +61,8 @@ def bench(backbone: str, batch: int, steps: int, size: int, channels: int, devic
     def tidal_step(i, bookkeeping=True):
         ids, x, y = batch_at(i)
         with autocast:
-            logits, td_logits = model(x)
-        logits, td_logits = logits.float(), td_logits.float()
+            out = model(x)
+        logits, td_logits = out["logits"].float(), out["td_logits"].float()
         probs = F.softmax(logits.detach(), dim=1)
         target = buffer.targets(ids, probs) if bookkeeping else probs
         total, _, _ = tidal_loss(logits, td_logits, y, target, 1.0)

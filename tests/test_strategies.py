@@ -8,8 +8,10 @@ import torch
 
 from tidal_dist.errors import UserError
 from tidal_dist.strategies import get_strategy
-from tidal_dist.strategies.base import Outputs
+from tidal_dist.strategies.base import Outputs, ScoreContext
 from tidal_dist.strategies.tidal import tidal_margin
+
+CTX = ScoreContext(cycle_seed=0)
 
 
 def outputs(logits, td_logits, ids=None):
@@ -21,7 +23,7 @@ def outputs(logits, td_logits, ids=None):
 def test_tidal_entropy_is_entropy_of_the_module_prediction():
     td = torch.log(torch.tensor([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]))
     out = outputs([[9.0, 0, 0], [9.0, 0, 0]], td)  # classifier is confident: must not matter
-    h = get_strategy("tidal_entropy").uncertainty(out, 0)
+    h = get_strategy("tidal_entropy").uncertainty(out, CTX)
     assert h[0].item() == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
     assert h[1].item() == pytest.approx(math.log(3))
 
@@ -34,23 +36,23 @@ def test_tidal_margin_uses_the_classifier_argmax():
     # With the module's own argmax it would have been 0.7 - 0.2 = +0.5.
     s = get_strategy("tidal_margin")
     out = outputs([[5.0, 1.0, 0.0], [0.0, 0.0, 5.0]], torch.log(torch.tensor([[0.2, 0.1, 0.7]] * 2)))
-    u = s.uncertainty(out, 0)
+    u = s.uncertainty(out, CTX)
     assert u[0] > u[1]  # disagreement (margin -0.5) is more uncertain than agreement (+0.5)
     np.testing.assert_allclose(s.reported(u).numpy(), [-0.5, 0.5], atol=1e-6)
 
 
 def test_classifier_entropy_ignores_the_module():
     out = outputs([[0.0, 0.0], [10.0, 0.0]], [[10.0, 0.0], [0.0, 0.0]])
-    h = get_strategy("entropy").uncertainty(out, 0)
+    h = get_strategy("entropy").uncertainty(out, CTX)
     assert h[0].item() == pytest.approx(math.log(2)) and h[1].item() < 0.01
 
 
 def test_random_is_a_deterministic_function_of_id_and_seed():
     s = get_strategy("random")
-    a = s.uncertainty(outputs([[0.0]] * 4, [[0.0]] * 4, ids=[5, 6, 7, 8]), 1)
-    b = s.uncertainty(outputs([[0.0]] * 2, [[0.0]] * 2, ids=[7, 5]), 1)
+    a = s.uncertainty(outputs([[0.0]] * 4, [[0.0]] * 4, ids=[5, 6, 7, 8]), ScoreContext(1))
+    b = s.uncertainty(outputs([[0.0]] * 2, [[0.0]] * 2, ids=[7, 5]), ScoreContext(1))
     assert b.tolist() == [a[2].item(), a[0].item()]  # batch order and composition don't matter
-    c = s.uncertainty(outputs([[0.0]] * 4, [[0.0]] * 4, ids=[5, 6, 7, 8]), 2)
+    c = s.uncertainty(outputs([[0.0]] * 4, [[0.0]] * 4, ids=[5, 6, 7, 8]), ScoreContext(2))
     assert not torch.equal(a, c)
     assert ((a >= 0) & (a < 1)).all()
 

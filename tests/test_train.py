@@ -61,7 +61,7 @@ def test_td_buffers_identical_for_1_2_3_processes(standin_runs, synthetic_datase
     model = LinearTiDAL(64, manifest.num_classes)
     x = torch.stack([reader[int(i)][1] for i in ids])
     with torch.no_grad():
-        p = torch.softmax(model(x)[0], dim=1).numpy()
+        p = torch.softmax(model(x)["logits"], dim=1).numpy()
     np.testing.assert_allclose(bufs[2].sum, EPOCHS * p, rtol=1e-4, atol=1e-6)
 
 

@@ -52,7 +52,17 @@ class TrainConfig:
     # LR x lr_gamma at these fractions of train.epochs: the protocol's epoch 160 of 200 is 0.8.
     lr_decay_at: list[float] = field(default_factory=lambda: [0.8])
     lr_gamma: float = 0.1
+    # What the classifier is trained with (tidal_dist/objectives/): auto takes the strategy's own
+    # (tidal for the TiDAL strategies, lloss for Learning Loss, ce for the other baselines).
+    objective: Literal["auto", "ce", "tidal", "lloss"] = "auto"
+    # Record training dynamics (and train the TD module on detached features) under any
+    # objective, so data maps and the module analysis exist for baselines too.
+    record_td: bool = True
     td_weight: float = 1.0  # lambda in L = CE + lambda * KL(TD target || module prediction)
+    lloss_weight: float = 1.0  # weight of Learning Loss's ranking loss
+    lloss_loss: Literal["bce", "margin"] = "bce"  # bce: TiDAL reference code; margin: the LL4AL paper
+    lloss_margin: float = 1.0  # xi of the margin ranking loss
+    lloss_detach_at: float = 0.6  # fraction of train.epochs after which the loss head's features are detached
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = 2
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
@@ -70,6 +80,13 @@ class ALConfig:
     subset_size: int | Literal["all"] = 10000  # candidates drawn from the unlabeled pool per cycle
     subset_seed: int = 0  # candidate subsets are drawn with this seed, apart from run.seed
     strategy: str = "tidal_entropy"
+    mc_passes: int = 10  # bald: Monte-Carlo dropout passes
+    mc_dropout: float = 0.5  # bald: dropout probability on the pooled penultimate features
+    cluster_factor: int = 10  # tidal_cluster: cluster the top cluster_factor x budget candidates
+    # Also compute every cheap per-sample score (entropy, margin, least confidence, TiDAL-H/-M, and
+    # predicted loss where there is a loss head) for each candidate and keep them in scores.npz:
+    # one run then yields the paper's ablation of classifier vs module scores.
+    log_scores: bool = True
     oracle: Literal["simulated", "file"] = "simulated"
     score_batch_size: int = 256
 
@@ -237,6 +254,10 @@ def validate(cfg: Config) -> None:
     need(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(cfg.train.zero_stage in (0, 1, 2), "train.zero_stage", "must be 0, 1 or 2")
+    need(0 < cfg.train.lloss_detach_at <= 1, "train.lloss_detach_at", "a fraction of train.epochs in (0, 1]")
+    need(cfg.al.mc_passes >= 1, "al.mc_passes", "must be >= 1")
+    need(0 <= cfg.al.mc_dropout < 1, "al.mc_dropout", "a probability in [0, 1)")
+    need(cfg.al.cluster_factor >= 1, "al.cluster_factor", "must be >= 1")
     need(all(0 < f <= 1 for f in cfg.train.lr_decay_at), "train.lr_decay_at",
          "fractions of train.epochs in (0, 1]")
     need(cfg.al.initial >= 1, "al.initial", "must be >= 1")

@@ -15,9 +15,9 @@ from tidal_dist.inference import predict
 def evaluate(session, split: str = "test") -> dict:
     acc = session.accelerator
     counts = torch.zeros(2, dtype=torch.int64, device=acc.device)  # correct, seen
-    for _ids, y, logits, _td in predict(session, split, session.cfg.train.eval_batch_size):
+    for _ids, y, out in predict(session, split, session.cfg.train.eval_batch_size):
         y = y.to(acc.device)
-        counts[0] += (logits.argmax(dim=1) == y).sum()
+        counts[0] += (out["logits"].argmax(dim=1) == y).sum()
         counts[1] += y.numel()
     counts = acc.reduce(counts, reduction="sum")
     correct, seen = int(counts[0]), int(counts[1])

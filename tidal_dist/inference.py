@@ -17,9 +17,10 @@ from tidal_dist.data.transforms import build_transform
 
 
 def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (ids, labels, logits, td_logits) for this rank's share of `split` (or of `ids`);
-    logits are float32 on the device, ids and labels stay on the CPU."""
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+    """Yield (ids, labels, outputs) for this rank's share of `split` (or of `ids`): outputs is the
+    network's dict (logits, embedding, td_logits, loss_pred as it has them), float32 on the
+    device; ids and labels stay on the CPU."""
     cfg, acc = session.cfg, session.accelerator
     transform = build_transform(cfg.data.eval_transform, session.manifest, train=False,
                                 image_size=cfg.data.image_size)
@@ -32,7 +33,7 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
         with torch.inference_mode():
             for batch_ids, x, y in stream_loader(dataset, batch_size, cfg.data.num_workers):
                 with acc.autocast():
-                    logits, td_logits = model(session.to_device(x, model))
-                yield batch_ids, y, logits.float(), td_logits.float()
+                    out = model(session.to_device(x, model))
+                yield batch_ids, y, {name: value.float() for name, value in out.items()}
     finally:
         model.train(was_training)

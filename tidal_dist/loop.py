@@ -30,15 +30,18 @@ import torch
 from tidal_dist import faults, preemption
 from tidal_dist.config import Config, bind_run_dir
 from tidal_dist.data.manifest import Manifest, load_labels
+from tidal_dist.errors import UserError
 from tidal_dist.evaluate import evaluate
 from tidal_dist.fsutil import atomic_write, atomic_write_json, fsync_dir
 from tidal_dist.oracle import LabelsPending, export_queries, label_queries, queries_path
 from tidal_dist.pool import initial_labeled_set, pool_ids
 from tidal_dist.runtime import seed_everything
-from tidal_dist.score import draw_candidates, save_scores, score_pool
+from tidal_dist.analysis import score_ablation
+from tidal_dist.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
 from tidal_dist.selection import top_k
-from tidal_dist.strategies import get_strategy
-from tidal_dist.train import Session, build_session, train_cycle
+from tidal_dist.strategies import ScoreContext, SelectionInputs, Strategy, get_strategy
+from tidal_dist.session import Session, build_session
+from tidal_dist.train import train_cycle
 
 log = logging.getLogger("tidal_dist")
 
@@ -106,7 +109,7 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
     t1 = time.time()
     metrics = evaluate(session)
     out = {"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"],
-           "train": [vars(e) for e in result.epochs],
+           "train": [e.to_dict() for e in result.epochs],
            "seconds": {"train": t1 - t0, "evaluate": time.time() - t1}}
     if acc.is_main_process:
         _save_model(trained / "model.pt", acc.unwrap_model(session.model))
@@ -131,24 +134,36 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     unlabeled = np.setdiff1d(all_ids, ids, assume_unique=True)
     candidates = draw_candidates(unlabeled, cfg.al.subset_size, cfg.al.subset_seed, k)
     strategy = get_strategy(cfg.al.strategy)
-    merged = score_pool(session, candidates, strategy, work / "scores",
-                        cycle_seed=cfg.al.subset_seed * 1_000_003 + k)
+    ctx = ScoreContext(cycle_seed=cfg.al.subset_seed * 1_000_003 + k, al=cfg.al)
+    network = acc.unwrap_model(session.model)
+    logged = logged_scores(network) if cfg.al.log_scores else []
+    merged = score_pool(session, candidates, strategy, work / "scores", ctx, logged)
+    labeled_kept, module = score_labeled(session, ids, work / "scores", strategy.keeps_labeled,
+                                         work / "td" if session.records_td else None)
     faults.maybe_crash("after_score", k)
     t1 = time.time()
     if acc.is_main_process:
-        picked = top_k(merged["ids"], merged["uncertainty"], min(cfg.al.budget, len(candidates)))
-        queried = {name: merged[name][picked] for name in ("ids", "uncertainty", "reported")}
+        queried = select(strategy, merged, labeled_kept, min(cfg.al.budget, len(candidates)),
+                         ctx, acc.device)
         pool_labels = load_labels(cfg.data.root, "pool")
-        queried_labels = pool_labels[queried["ids"] - manifest.split("pool").first_id]
+        first = manifest.split("pool").first_id
+        queried_labels = pool_labels[queried["ids"] - first]
         metrics.update({
             "cycle": k, "labeled": len(ids), "candidates": len(candidates),
             "queried": len(queried["ids"]), "strategy": strategy.name,
+            "objective": session.objective.name,
             "subset_seed": cfg.al.subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
             # Ground-truth classes of the queries where the shards have them (simulation only).
             "queried_histogram": histogram(queried_labels, manifest.num_classes),
         })
+        if module is not None:
+            metrics["module_analysis"] = module
+        if logged:
+            truth = pool_labels[merged["ids"] - first] if cfg.al.oracle == "simulated" else None
+            metrics["score_ablation"] = score_ablation(merged, queried["ids"], cfg.al.budget, truth,
+                                                       manifest.num_classes)
         metrics["seconds"].update({"score": t1 - t0, "select": time.time() - t1})
         commit_cycle(run_dir, work, k, ids, labels, queried, merged, metrics)
         if cfg.al.oracle == "file":
@@ -159,6 +174,22 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     if acc.is_main_process:
         shutil.rmtree(work, ignore_errors=True)
         write_results(run_dir)
+
+
+def select(strategy: Strategy, merged: dict, labeled_kept: dict | None, k: int,
+           ctx: ScoreContext, device: torch.device) -> dict[str, np.ndarray]:
+    """Rank 0: the queried ids with their uncertainty and reported value, in pick order."""
+    if strategy.set_based:
+        choice = strategy.select(SelectionInputs(
+            ids=merged["ids"], uncertainty=merged["uncertainty"],
+            kept={name: merged[name] for name in strategy.keeps}, labeled=labeled_kept or {},
+            k=k, seed=ctx.cycle_seed, device=device, al=ctx.al))
+        picked, reported = np.asarray(choice.indices, dtype=np.int64), choice.reported
+    else:
+        picked = top_k(merged["ids"], merged["uncertainty"], k)
+        reported = merged["reported"][picked]
+    return {"ids": merged["ids"][picked], "uncertainty": merged["uncertainty"][picked],
+            "reported": np.asarray(reported, dtype=np.float64)}
 
 
 def commit_cycle(run_dir: Path, work: Path, k: int, ids: np.ndarray, labels: np.ndarray,
@@ -220,9 +251,24 @@ def plot_accuracy(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def check_set_budget(cfg: Config, strategy: Strategy) -> None:
+    """A set-based strategy selects al.budget distinct candidates: every cycle must have that many."""
+    if not strategy.set_based:
+        return
+    pool = len(pool_ids(cfg)[0])
+    for k in range(cfg.al.cycles):
+        unlabeled = pool - cfg.al.initial - k * cfg.al.budget
+        candidates = unlabeled if cfg.al.subset_size == "all" else min(cfg.al.subset_size, unlabeled)
+        if cfg.al.budget > candidates:
+            raise UserError(f"config key 'al.budget': strategy '{strategy.name}' selects "
+                            f"{cfg.al.budget} of the candidates, but cycle {k} has only "
+                            f"{max(candidates, 0)} (al.subset_size={cfg.al.subset_size}, "
+                            f"{pool} pool samples); lower al.budget or al.cycles")
+
+
 def run_main(cfg: Config) -> int:
     """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir."""
-    get_strategy(cfg.al.strategy)  # a typo fails now, not after the first cycle's training
+    check_set_budget(cfg, get_strategy(cfg.al.strategy))  # fails now, not after a cycle's training
     session = build_session(cfg)
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)

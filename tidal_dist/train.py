@@ -1,17 +1,18 @@
-"""One active-learning cycle of TiDAL training with Accelerate (DDP or DeepSpeed ZeRO-1/2).
+"""One active-learning cycle of training with Accelerate (DDP or DeepSpeed ZeRO-1/2).
 
 Per epoch, every rank takes an equal, padded share of a seeded permutation of the labeled ids
 (data.readers.epoch_assignment); padding rows are marked invalid and count neither in the loss nor
 in the TD buffers. Each step:
 
-    logits, td_logits = model(x)
-    p      = softmax(logits).detach()                    # this visit's TD sample
-    target = (sum[id] + p) / (count[id] + 1)             # running mean incl. this visit
-    loss   = CE(logits, y) + λ · KL(target ‖ softmax(td_logits))      (tidal-method.md)
+    out    = model(x, **objective.detach(epoch))       # logits, embedding, td_logits, ...
+    p      = softmax(out["logits"]).detach()           # this visit's TD sample
+    target = (sum[id] + p) / (count[id] + 1)           # running mean incl. this visit
+    loss   = objective.loss(out, batch)                # ce | tidal | lloss (tidal_dist/objectives/)
 
-and the rank records (id, p). At the end of the epoch rank 0 folds every rank's records into the
-memory-mapped buffers (td_buffer.py). Model and optimizer go through accelerator.prepare; the data
-loaders do not (we split the data ourselves, exactly once, see docs/td-gathering.md).
+and the rank records (id, p) when the network has a TD module. At the end of the epoch rank 0 folds
+every rank's records into the memory-mapped buffers (td_buffer.py). Model and optimizer go through
+accelerator.prepare; the data loaders do not (we split the data ourselves, exactly once, see
+docs/td-gathering.md).
 """
 
 from __future__ import annotations
@@ -25,66 +26,29 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tidal_dist.config import Config
-from tidal_dist.data.manifest import Manifest
-from tidal_dist.data.readers import (LabeledDataset, RandomAccessReader, VisitSampler,
-                                     epoch_assignment)
-from tidal_dist.data.transforms import build_transform
-from tidal_dist.models import tidal_loss
-from tidal_dist.runtime import Precision, per_rank_batch
+from tidal_dist.data.readers import LabeledDataset, VisitSampler, epoch_assignment
+from tidal_dist.objectives import StepBatch
+from tidal_dist.runtime import per_rank_batch
+from tidal_dist.session import Session, build_session
 from tidal_dist.td_buffer import TDBuffer, VisitRecorder, fold_visit_files
 
 log = logging.getLogger("tidal_dist")
 
 
 @dataclass
-class Session:
-    """What every phase of a run shares: built once per process, reused across cycles."""
-
-    cfg: Config
-    accelerator: Accelerator
-    model: nn.Module  # the raw TiDALNet: its weights persist across cycles (warm start)
-    precision: Precision
-    manifest: Manifest  # of cfg.data.root, read once per process
-    train_reader: RandomAccessReader | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.num_classes
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
-
-    def reader(self) -> RandomAccessReader:
-        if self.train_reader is None:
-            c = self.cfg.data
-            transform = build_transform(c.train_transform, self.manifest, train=True,
-                                        crop_padding=c.crop_padding, image_size=c.image_size)
-            self.train_reader = RandomAccessReader(c.root, "pool", transform, verify=c.verify_shards)
-        return self.train_reader
-
-    def to_device(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.precision.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        # DeepSpeed with bf16 keeps bf16 parameters and does not cast the inputs for us.
-        param_dtype = next(model.parameters()).dtype
-        return x.to(param_dtype) if param_dtype != x.dtype else x
-
-
-@dataclass
 class EpochStats:
     loss: float = 0.0
-    ce: float = 0.0
-    kl: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)  # the objective's terms: ce, kl, lloss
     samples: int = 0
     seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, **self.parts, "samples": self.samples, "seconds": self.seconds}
 
 
 @dataclass
@@ -114,12 +78,14 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     work_dir/td and checkpointing in work_dir/ckpt; resumes from the newest checkpoint there."""
     from tidal_dist import checkpoint, faults, preemption
 
-    cfg, acc = session.cfg, session.accelerator
+    cfg, acc, objective = session.cfg, session.accelerator, session.objective
     rank, world = acc.process_index, acc.num_processes
     order = np.argsort(labeled_ids)
     labeled_ids = np.asarray(labeled_ids, dtype=np.int64)[order]
     labels = np.asarray(labels, dtype=np.int64)[order]
     td_dir, ckpt_root = work_dir / "td", work_dir / "ckpt"
+    records_td = session.records_td
+    part_names = objective.part_names(cfg.train)
     start = time.time()
 
     acc.free_memory()  # drop the previous cycle's wrapped model / optimizer / engine
@@ -127,10 +93,12 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     model, optimizer = acc.prepare(session.model, optimizer)
     resume = checkpoint.latest(ckpt_root)
     if resume is None and acc.is_main_process:
-        TDBuffer.create(td_dir, labeled_ids, session.num_classes)  # reset at every cycle start
+        # Reset at every cycle start; without a TD module the empty buffers keep the layout.
+        TDBuffer.create(td_dir, labeled_ids if records_td else labeled_ids[:0], session.num_classes)
     acc.wait_for_everyone()
     start_epoch, start_step = 0, 0
-    sums = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss, ce, kl, n (weighted)
+    # Per epoch: loss, each objective term, number of valid rows (sums over this rank's rows).
+    sums = torch.zeros(len(part_names) + 2, dtype=torch.float64, device=acc.device)
     if resume is not None:
         meta = checkpoint.load(acc, model, optimizer, scheduler, td_dir, resume)
         start_epoch, start_step = meta["epoch"], meta["step"]
@@ -138,8 +106,9 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         if acc.is_main_process:
             log.info("cycle %d: resuming at epoch %d, step %d from %s", cycle, start_epoch + 1,
                      start_step, resume)
-    writer = TDBuffer(td_dir, writable=True) if acc.is_main_process else None
-    recorder = VisitRecorder(td_dir, rank, math.ceil(len(labeled_ids) / world), session.num_classes)
+    writer = TDBuffer(td_dir, writable=True) if acc.is_main_process and records_td else None
+    recorder = VisitRecorder(td_dir, rank, math.ceil(len(labeled_ids) / world) if records_td else 0,
+                             session.num_classes)
 
     def fold() -> None:
         # Every rank's records are on disk before rank 0 reads them, and rank 0 has finished
@@ -167,6 +136,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world,
                                            batch_size=batch)
         sampler.set_epoch(rank_ids[skip * batch:], valid[skip * batch:], epoch_seed(cfg, cycle), epoch)
+        detach = objective.detach(epoch, cfg.train)
         model.train()
         bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
@@ -176,22 +146,24 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
             y = torch.from_numpy(labels[np.searchsorted(labeled_ids, ids_np)]).to(acc.device)
             x, v_dev = session.to_device(x, model), v.to(acc.device)
             with acc.autocast():
-                logits, td_logits = model(x)
-            logits, td_logits = logits.float(), td_logits.float()
-            probs = F.softmax(logits.detach(), dim=1)
+                out = model(x, **detach)
+            out = {name: value.float() for name, value in out.items()}
+            probs = F.softmax(out["logits"].detach(), dim=1)
             # Padding rows repeat real ids, so every row has a target; the loss masks them out.
             # No boolean indexing on the device: it would force a host sync per step.
-            target = buffer.targets(ids_np, probs)
-            total, ce, kl = tidal_loss(logits, td_logits, y, target, cfg.train.td_weight, valid=v_dev)
+            target = buffer.targets(ids_np, probs) if records_td else None
+            rows = global_rows(len(labeled_ids), step, batch, world)
+            total, parts = objective.loss(out, StepBatch(y, v_dev, target, rows), cfg.train, epoch)
             acc.backward(total)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            recorder.record(ids_np[v_np], probs.cpu().numpy()[v_np])
+            if records_td:
+                recorder.record(ids_np[v_np], probs.cpu().numpy()[v_np])
             faults.maybe_crash_in_epoch(epoch, step)
-            n = v_dev.sum()
-            sums += torch.stack([total.detach() * n, ce.detach() * n, kl.detach() * n, n]).double()
+            sums += torch.stack([total.detach() * rows, *(parts[p].detach() * rows for p in part_names),
+                                 v_dev.sum()]).double()
             if acc.is_main_process and step % cfg.run.log_every == 0:
-                bar.set_postfix(loss=f"{total.item():.3f}", kl=f"{kl.item():.4f}")
+                bar.set_postfix(loss=f"{total.item():.3f}")
             if preemption.agreed(acc.device):
                 fold()
                 checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch, step + 1,
@@ -201,23 +173,32 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         scheduler.step()
         fold()
 
-        total_sums = acc.reduce(sums.clone(), reduction="sum")
-        n = max(total_sums[3].item(), 1.0)
-        stats = EpochStats(loss=total_sums[0].item() / n, ce=total_sums[1].item() / n,
-                           kl=total_sums[2].item() / n, samples=int(total_sums[3].item()),
+        total_sums = acc.reduce(sums.clone(), reduction="sum").tolist()
+        n = max(total_sums[-1], 1.0)
+        stats = EpochStats(loss=total_sums[0] / n, samples=int(total_sums[-1]),
+                           parts={p: v / n for p, v in zip(part_names, total_sums[1:-1])},
                            seconds=time.time() - t0)
         result.epochs.append(stats)
         sums.zero_()
         if acc.is_main_process:
-            log.info("cycle %d epoch %d/%d: loss %.4f (ce %.4f, kl %.4f) on %d samples, %.1fs",
-                     cycle, epoch + 1, cfg.train.epochs, stats.loss, stats.ce, stats.kl,
-                     stats.samples, stats.seconds)
+            log.info("cycle %d epoch %d/%d: loss %.4f (%s) on %d samples, %.1fs", cycle, epoch + 1,
+                     cfg.train.epochs, stats.loss,
+                     ", ".join(f"{p} {v:.4f}" for p, v in stats.parts.items()), stats.samples,
+                     stats.seconds)
         every = cfg.train.checkpoint_every
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
             checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums)
     sync_buffers(session.model)
     result.seconds = time.time() - start
     return result
+
+
+def global_rows(num_ids: int, step: int, batch: int, world: int) -> float:
+    """The loss denominator of `step` (objectives/base.py): valid rows of the global batch over
+    the world size. Global batch `step` is positions [step·W·b, (step+1)·W·b) of the padded
+    permutation (epoch_assignment interleaves ranks), so every rank computes it, no collective."""
+    valid = min(max(num_ids - step * world * batch, 0), world * batch)
+    return max(valid, 1) / world
 
 
 def sync_buffers(model: nn.Module) -> None:
@@ -229,32 +210,6 @@ def sync_buffers(model: nn.Module) -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         for buf in model.buffers():
             dist.broadcast(buf.data, src=0)
-
-
-def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
-    """Accelerator, logging, seeds and the model for this process. `model` overrides the config's
-    (tests pass stand-in models through it)."""
-    from tidal_dist.data.manifest import load_manifest
-    from tidal_dist.models import build_model
-    from tidal_dist.runtime import build_accelerator, resolve_precision, seed_everything, setup_logging
-
-    manifest = load_manifest(cfg.data.root)
-    acc = build_accelerator(cfg)
-    setup_logging(acc.is_main_process)
-    seed_everything(cfg.run.seed, cfg.run.deterministic)
-    in_channels = 1 if manifest.mode == "L" else 3
-    if model is None:
-        model = build_model(cfg.model, manifest.num_classes, in_channels)
-    precision = resolve_precision(cfg, torch.cuda.is_available())
-    model = model.to(acc.device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if acc.is_main_process:
-        log.info("%s: %d process(es), %s, device %s, bf16=%s, model %s (%.2fM params)",
-                 acc.distributed_type, acc.num_processes, cfg.train.engine, acc.device,
-                 precision.bf16, type(model).__name__,
-                 sum(p.numel() for p in model.parameters()) / 1e6)
-    return Session(cfg=cfg, accelerator=acc, model=model, precision=precision, manifest=manifest)
 
 
 def train_main(cfg: Config) -> int:
@@ -275,7 +230,7 @@ def train_main(cfg: Config) -> int:
     if acc.is_main_process:
         atomic_write_json(run_dir / "train" / "metrics.json", {
             "labeled": len(labeled), "world_size": acc.num_processes, **metrics,
-            "epochs": [vars(e) for e in result.epochs], "seconds": result.seconds})
+            "epochs": [e.to_dict() for e in result.epochs], "seconds": result.seconds})
         log.info("test accuracy %.4f on %d samples; results in %s", metrics["accuracy"],
                  metrics["num_samples"], run_dir / "train")
     acc.wait_for_everyone()

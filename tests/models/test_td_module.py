@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tidal_dist.config import ModelConfig
-from tidal_dist.models import SmallCNN, TDModule, TiDALNet, build_model, tidal_loss
+from tidal_dist.models import Network, SmallCNN, TDModule, build_model
+from tidal_dist.objectives.tidal import tidal_loss
 
 
 @pytest.mark.parametrize("size", [28, 32, 224])
@@ -54,15 +55,15 @@ def test_tidal_loss_zero_target_entries():
 def _tiny_net(num_classes=4):
     torch.manual_seed(0)
     backbone = SmallCNN(num_classes, in_channels=1, width=4)
-    return TiDALNet(backbone, TDModule(backbone.stage_channels, num_classes, hidden=8))
+    return Network(backbone, TDModule(backbone.stage_channels, num_classes, hidden=8))
 
 
 def test_kl_trains_backbone_and_not_target():
     net = _tiny_net()
     x = torch.randn(3, 1, 12, 12)
     target = torch.softmax(torch.randn(3, 4), 1).requires_grad_()
-    logits, td_logits = net(x)
-    _, _, kl = tidal_loss(logits, td_logits, torch.tensor([0, 1, 2]), target)
+    out = net(x)
+    _, _, kl = tidal_loss(out["logits"], out["td_logits"], torch.tensor([0, 1, 2]), target)
     kl.backward()
     backbone_conv = net.backbone.stages[0][0].weight
     assert backbone_conv.grad is not None and backbone_conv.grad.abs().sum() > 0
@@ -85,8 +86,8 @@ def test_valid_mask_excludes_rows():
 
 def test_no_valid_row_is_zero_and_backward_works():
     net = _tiny_net()
-    logits, td_logits = net(torch.randn(2, 1, 12, 12))
-    total, ce, kl = tidal_loss(logits, td_logits, torch.tensor([0, 1]), torch.full((2, 4), 0.25),
+    out = net(torch.randn(2, 1, 12, 12))
+    total, ce, kl = tidal_loss(out["logits"], out["td_logits"], torch.tensor([0, 1]), torch.full((2, 4), 0.25),
                                valid=torch.zeros(2, dtype=torch.bool))
     assert total.item() == 0 and ce.item() == 0 and kl.item() == 0
     total.backward()
@@ -98,9 +99,9 @@ def test_no_valid_row_is_zero_and_backward_works():
 def test_every_parameter_gets_a_gradient(backbone):
     torch.manual_seed(0)
     net = build_model(ModelConfig(backbone=backbone, width=8, td_hidden=16), num_classes=5, in_channels=3)
-    logits, td_logits = net(torch.randn(2, 3, 16, 16))
-    assert logits.shape == td_logits.shape == (2, 5)
-    total, _, _ = tidal_loss(logits, td_logits, torch.tensor([1, 3]), torch.softmax(torch.randn(2, 5), 1))
+    out = net(torch.randn(2, 3, 16, 16))
+    assert out["logits"].shape == out["td_logits"].shape == (2, 5)
+    total, _, _ = tidal_loss(out["logits"], out["td_logits"], torch.tensor([1, 3]), torch.softmax(torch.randn(2, 5), 1))
     total.backward()
     no_grad = [name for name, p in net.named_parameters() if p.grad is None]
     assert no_grad == []

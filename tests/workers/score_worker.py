@@ -1,7 +1,10 @@
-"""Run under torchrun by tests/test_score.py: score candidates with a freshly seeded model.
+"""Run under torchrun by tests/test_score.py: score candidates with a freshly seeded model and select.
 
-usage: score_worker.py OUT STRATEGY N_CANDIDATES [key=value ...]
-Rank 0 writes OUT/merged.npz (ids, uncertainty, reported) and OUT/selected.npy (top al.budget).
+usage: score_worker.py OUT STRATEGY[,STRATEGY...] N_CANDIDATES [key=value ...]
+The network is built for the first STRATEGY (its objective's heads, unless train.objective is
+given); each strategy is scored in turn. Ids divisible by 7 play the labeled set. Rank 0 writes
+OUT/candidates.npy and per strategy OUT/NAME/merged.npz (the scalar fields) and
+OUT/NAME/selected.npy (the picked ids, in pick order).
 """
 
 import sys
@@ -11,27 +14,35 @@ import numpy as np
 
 from tidal_dist.config import load_config
 from tidal_dist.data.manifest import load_manifest
-from tidal_dist.score import draw_candidates, save_scores, score_pool
-from tidal_dist.selection import top_k
-from tidal_dist.strategies import get_strategy
-from tidal_dist.train import build_session
+from tidal_dist.loop import select
+from tidal_dist.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
+from tidal_dist.session import build_session
+from tidal_dist.strategies import ScoreContext, get_strategy
 
 
 def main() -> None:
-    out, strategy, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    cfg = load_config(None, sys.argv[4:])
+    out, names, n = Path(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3])
+    cfg = load_config(None, [f"al.strategy={names[0]}", *sys.argv[4:]])
     session = build_session(cfg)
+    acc = session.accelerator
     pool = load_manifest(cfg.data.root).split("pool").ids()
-    unlabeled = pool[pool % 7 != 0]  # some ids are "labeled": candidates are not a range
+    labeled, unlabeled = pool[pool % 7 == 0], pool[pool % 7 != 0]  # candidates are not a range
     candidates = draw_candidates(unlabeled, n, cfg.al.subset_seed, cycle=0)
-    merged = score_pool(session, candidates, get_strategy(strategy), out / "parts", cycle_seed=11)
-    if merged is not None:
-        save_scores(out / "merged.npz", merged)
-        picked = top_k(merged["ids"], merged["uncertainty"], cfg.al.budget)
-        np.save(out / "selected.npy", merged["ids"][picked])
+    ctx = ScoreContext(cycle_seed=11, al=cfg.al)
+    logged = logged_scores(acc.unwrap_model(session.model))
+    for name in names:
+        strategy = get_strategy(name)
+        merged = score_pool(session, candidates, strategy, out / name / "parts", ctx, logged)
+        labeled_kept, _ = score_labeled(session, labeled, out / name / "parts",
+                                        strategy.keeps_labeled, None)
+        if merged is not None:
+            save_scores(out / name / "merged.npz", merged)
+            queried = select(strategy, merged, labeled_kept, cfg.al.budget, ctx, acc.device)
+            np.save(out / name / "selected.npy", queried["ids"])
+    if acc.is_main_process:
         np.save(out / "candidates.npy", candidates)
-    session.accelerator.wait_for_everyone()
-    session.accelerator.end_training()
+    acc.wait_for_everyone()
+    acc.end_training()
 
 
 if __name__ == "__main__":

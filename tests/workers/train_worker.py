@@ -19,7 +19,8 @@ from tidal_dist.config import load_config  # noqa: E402
 from tidal_dist.data.manifest import load_labels, load_manifest  # noqa: E402
 from tidal_dist.evaluate import evaluate  # noqa: E402
 from tidal_dist.pool import initial_labeled_set  # noqa: E402
-from tidal_dist.train import build_session, train_cycle  # noqa: E402
+from tidal_dist.session import build_session
+from tidal_dist.train import train_cycle  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Backbones, the TD prediction module, the combined TiDAL network and its loss."""
+"""Backbones, the heads that read their stage features, and the network a run trains."""
 
 from tidal_dist.models.backbones import (
     ResNet18Cifar,
@@ -8,18 +8,21 @@ from tidal_dist.models.backbones import (
     resnet18_imagenet,
     resnet50_imagenet,
 )
-from tidal_dist.models.td_module import TDModule, tidal_loss
-from tidal_dist.models.tidal_net import TiDALNet, build_model
+from tidal_dist.models.heads import LossPredictionModule, StageHead, TDModule
+from tidal_dist.models.network import Heads, Network, available_outputs, build_model
 
 __all__ = [
+    "Heads",
+    "LossPredictionModule",
+    "Network",
     "ResNet18Cifar",
     "SmallCNN",
+    "StageHead",
+    "available_outputs",
     "TDModule",
-    "TiDALNet",
     "build_backbone",
     "build_model",
     "load_torchvision_weights",
     "resnet18_imagenet",
     "resnet50_imagenet",
-    "tidal_loss",
 ]

@@ -1,8 +1,12 @@
 """Classifier backbones. Every backbone returns (logits, [f1, f2, f3, f4]): the class logits and the
-feature maps of its four stages, which feed the TD prediction module (tidal-method.md).
+feature maps of its four stages, which feed the TD prediction and loss prediction modules
+(tidal-method.md).
 
-Every backbone also exposes `stage_channels` (channels of f1..f4) and `num_classes`. All of them end
-in adaptive pooling, so any input size works (28x28 Fashion-MNIST, 32x32 CIFAR, 224x224 ImageNet-style).
+Every backbone also exposes `stage_channels` (channels of f1..f4), `num_classes`, and the split
+that query strategies need: `features(x) -> (embedding, stages)` with the pooled penultimate
+embedding (`embedding_dim` wide: Core-set, BADGE, BALD's dropout point) and `classifier`, the
+final linear layer applied to it. All of them end in adaptive pooling, so any input size works
+(28x28 Fashion-MNIST, 32x32 CIFAR, 224x224 ImageNet-style).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class ResNet18Cifar(nn.Module):
 
     stage_channels: tuple[int, int, int, int] = (64, 128, 256, 512)
     blocks_per_stage = (2, 2, 2, 2)
+    embedding_dim = 512
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
@@ -93,13 +98,20 @@ class ResNet18Cifar(nn.Module):
         self.fc = nn.Linear(self.stage_channels[-1], num_classes)
         _init_conv_bn(self)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.fc
+
+    def features(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
         f1 = self.layer1(self.stem(x))
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         f4 = self.layer4(f3)
-        logits = self.fc(torch.flatten(self.pool(f4), 1))
-        return logits, [f1, f2, f3, f4]
+        return torch.flatten(self.pool(f4), 1), [f1, f2, f3, f4]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+        embedding, stages = self.features(x)
+        return self.fc(embedding), stages
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +128,7 @@ class SmallCNN(nn.Module):
             raise UserError(f"config key 'model.width': must be >= 1 (got {width})")
         self.num_classes = num_classes
         self.stage_channels: tuple[int, int, int, int] = (width, 2 * width, 4 * width, 8 * width)
+        self.embedding_dim = 8 * width
         stages = []
         in_ch = in_channels
         for i, out_ch in enumerate(self.stage_channels):
@@ -128,13 +141,20 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(self.stage_channels[-1], num_classes)
         _init_conv_bn(self)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
-        features = []
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.fc
+
+    def features(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+        stages = []
         for stage in self.stages:
             x = stage(x)
-            features.append(x)
-        logits = self.fc(torch.flatten(self.pool(x), 1))
-        return logits, features
+            stages.append(x)
+        return torch.flatten(self.pool(x), 1), stages
+
+    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+        embedding, stages = self.features(x)
+        return self.fc(embedding), stages
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,15 +172,26 @@ class TorchvisionResNet(nn.Module):
         self.stage_channels = stage_channels
         self.num_classes = net.fc.out_features
 
-    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.net.fc
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.stage_channels[-1]
+
+    def features(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         f1 = n.layer1(x)
         f2 = n.layer2(f1)
         f3 = n.layer3(f2)
         f4 = n.layer4(f3)
-        logits = n.fc(torch.flatten(n.avgpool(f4), 1))
-        return logits, [f1, f2, f3, f4]
+        return torch.flatten(n.avgpool(f4), 1), [f1, f2, f3, f4]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, StageFeatures]:
+        embedding, stages = self.features(x)
+        return self.net.fc(embedding), stages
 
 
 def _replace_input_channels(net: torchvision.models.ResNet, in_channels: int) -> None:

@@ -1,13 +1,14 @@
 """TiDAL's two scores on the module's predicted training dynamics p̃ = softmax(m(x)).
 
-Kye et al., "TiDAL: Learning Training Dynamics for Active Learning", ICCV 2023, sec. 3.3.
+Kye et al., "TiDAL: Learning Training Dynamics for Active Learning", ICCV 2023, sec. 3.3. Both train
+with the TiDAL objective under train.objective=auto.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tidal_dist.strategies.base import Outputs, Strategy, entropy_of, register
+from tidal_dist.strategies.base import Outputs, ScoreContext, Strategy, entropy_of, register
 
 
 @register
@@ -15,8 +16,11 @@ class TiDALEntropy(Strategy):
     """TiDAL-H: entropy of the predicted TD; higher = more uncertain."""
 
     name = "tidal_entropy"
+    objective = "tidal"
+    needs = frozenset({"td_logits"})
+    cheap = True
 
-    def uncertainty(self, out: Outputs, cycle_seed: int) -> torch.Tensor:
+    def uncertainty(self, out: Outputs, ctx: ScoreContext) -> torch.Tensor:
         return entropy_of(out.td_logits)
 
 
@@ -35,9 +39,12 @@ class TiDALMargin(Strategy):
     """TiDAL-M: lower margin = more uncertain, so uncertainty = -margin."""
 
     name = "tidal_margin"
+    objective = "tidal"
+    needs = frozenset({"logits", "td_logits"})
+    cheap = True
     reported_as = "margin"
 
-    def uncertainty(self, out: Outputs, cycle_seed: int) -> torch.Tensor:
+    def uncertainty(self, out: Outputs, ctx: ScoreContext) -> torch.Tensor:
         return -tidal_margin(out.logits, out.td_logits)
 
     def reported(self, uncertainty: torch.Tensor) -> torch.Tensor:

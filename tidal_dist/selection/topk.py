@@ -1,4 +1,4 @@
-"""Top-k selection: the k highest scores, ties broken by the lower id, in O(N) for small k."""
+"""Top-k: the k highest scores, ties broken by the lower id, in O(N) for small k."""
 
 from __future__ import annotations
 

@@ -1,0 +1,75 @@
+"""The network a run trains: the backbone plus the heads its objective needs, as one nn.Module so a
+single accelerator.prepare / DDP wrap (and one optimizer) covers all of it.
+
+    out = net(x, detach_td=False, detach_loss=False)
+    out["logits"]      classifier logits [B, C]
+    out["embedding"]   pooled penultimate features [B, D]
+    out["td_logits"]   TD module logits [B, C]        (when the net has a TD module)
+    out["loss_pred"]   predicted loss [B]             (when the net has a loss prediction module)
+
+`detach_td` / `detach_loss` cut the stage features feeding a head from the backbone's graph: the
+head still learns, but its loss cannot change the classifier (TiDAL's own objective keeps them
+attached; see tidal_dist/objectives/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from tidal_dist.config import ModelConfig
+from tidal_dist.models.backbones import build_backbone
+from tidal_dist.models.heads import LossPredictionModule, TDModule
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Which heads sit next to the classifier."""
+
+    td: bool = True
+    loss: bool = False
+
+
+class Network(nn.Module):
+    def __init__(self, backbone: nn.Module, td_module: TDModule | None = None,
+                 loss_module: LossPredictionModule | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.td_module = td_module
+        self.loss_module = loss_module
+        self.num_classes: int = backbone.num_classes
+
+    def forward(self, x: Tensor, detach_td: bool = False,
+                detach_loss: bool = False) -> dict[str, Tensor]:
+        embedding, stages = self.backbone.features(x)
+        out = {"logits": self.backbone.classifier(embedding), "embedding": embedding}
+        if self.td_module is not None:
+            out["td_logits"] = self.td_module([f.detach() for f in stages] if detach_td else stages)
+        if self.loss_module is not None:
+            out["loss_pred"] = self.loss_module([f.detach() for f in stages] if detach_loss
+                                                else stages)
+        return out
+
+
+def available_outputs(network: nn.Module) -> set[str]:
+    """The per-sample outputs (strategies.OUTPUTS) a network can give: logits always, the heads'
+    outputs when it has them, and the embedding (with MC dropout on it) when its backbone exposes
+    features(x) and classifier. Works for stand-in models too (by attribute)."""
+    have = {"logits"}
+    if getattr(network, "td_module", None) is not None:
+        have.add("td_logits")
+    if getattr(network, "loss_module", None) is not None:
+        have.add("loss_pred")
+    backbone = getattr(network, "backbone", None)
+    if hasattr(backbone, "features") and hasattr(backbone, "classifier"):
+        have |= {"embedding", "mc_probs"}
+    return have
+
+
+def build_model(cfg: ModelConfig, num_classes: int, in_channels: int,
+                heads: Heads = Heads()) -> Network:
+    backbone = build_backbone(cfg, num_classes, in_channels)
+    td = TDModule(backbone.stage_channels, num_classes, hidden=cfg.td_hidden) if heads.td else None
+    loss = LossPredictionModule(backbone.stage_channels, hidden=cfg.td_hidden) if heads.loss else None
+    return Network(backbone, td, loss)
