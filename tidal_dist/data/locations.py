@@ -256,8 +256,10 @@ class ShardStream:
             return UserError(f"shard '{self.url}' cannot be read: {failed}")
         text = str(error.args[0]) if error.args else str(error)
         text = text.split(" @ ")[0]  # webdataset appends " @ <stream>" (the URL, named above)
+        fix = ("prepare the dataset again" if _scheme(self.url) in ("", "file")
+               else "`tidal-dist inspect ROOT --verify` checks every shard where it is served")
         return UserError(f"shard '{self.url}' cannot be read: {type(error).__name__}: {text} "
-                         f"(truncated or damaged? prepare the dataset again)")
+                         f"(truncated or damaged? {fix})")
 
     def _command_failure(self) -> str | None:
         """Why the command behind the stream failed; None if it did not (or there is none)."""
