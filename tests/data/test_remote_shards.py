@@ -301,8 +301,9 @@ def test_unusable_shard_urls_are_refused_early(synthetic_dataset):
         ShardSource.of(synthetic_dataset, None, "pipe:cat /data/c10")
     with pytest.raises(UserError, match=r"config key 'data.shard_url'.*must contain \{shard\}"):
         load_config(None, ["data.shard_url=pipe:cat /data/c10"])
-    with pytest.raises(UserError, match="--base-url"):
-        prepare("synthetic:10,2,4x4,1", Path("/nonexistent/never-written"), base_url="pipe:cat x")
+    for base in ("pipe:cat x", "s3://bkt/c10/"):  # refused before anything is written
+        with pytest.raises(UserError, match=f"--base-url '{re.escape(base)}'"):
+            prepare("synthetic:10,2,4x4,1", Path("/nonexistent/never-written"), base_url=base)
     # where shards are read from may change between runs of one run dir
     assert {"data.shard_url", "data.cache_dir"} <= MUTABLE_KEYS
 
@@ -330,11 +331,15 @@ def test_prepare_records_where_shards_are_served(synthetic_dataset, transform, t
     served.mkdir()
     base = f"pipe:cat {shlex.quote(str(served))}/{{shard}}"
     out = tmp_path / "c"
-    prepare("synthetic:203,5,8x8,1", out, shard_size=37, progress=False, base_url=base)
+    assert cli_main(["prepare", "--source", "synthetic:203,5,8x8,1", "--out", str(out),
+                     "--shard-size", "37", "--base-url", base]) == 0
+    assert f"copy the shards ({out}/*.tar) to {base}" in capsys.readouterr().out
     manifest = load_manifest(out)
     assert manifest.base_url == base and f"shards    served from {base}" in summary(manifest)
     for shard in out.glob("*.tar"):  # "upload" them; the local folder keeps manifest and labels
         shard.rename(served / shard.name)
+    assert cli_main(["inspect", str(out), "--verify"]) == 0  # through the manifest's base_url
+    assert f"(shards read from {base})" in capsys.readouterr().out
     reader = RandomAccessReader(out, "test", transform, cache_dir=str(tmp_path / "cache"))
     local = RandomAccessReader(synthetic_dataset, "test", transform)
     assert_same_samples([reader[i] for i in (203, 242)], [local[i] for i in (203, 242)])

@@ -31,6 +31,9 @@ from typing import IO
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from webdataset.gopen import Pipe, gopen, gopen_schemes
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
 from tidal_dist.data.manifest import ShardInfo, local_shard_problem
 from tidal_dist.errors import UserError
 
@@ -44,22 +47,17 @@ def _scheme(url: str) -> str:
 
 
 def check_base_url(base: str, origin: str) -> str:
-    """The syntax rules of a shard base (no I/O); `origin` names where it came from."""
+    """A UserError unless webdataset's opener can read shards from `base` (no I/O); `origin`
+    names where the base came from."""
     if not base.strip():
         raise UserError(f"{origin}: empty shard base URL")
     if _scheme(base) == "pipe" and SHARD_PLACEHOLDER not in base:
         raise UserError(f"{origin} '{base}': a pipe: command must say where the shard's file name "
                         f"goes with {SHARD_PLACEHOLDER}, e.g. 'pipe:aws s3 cp s3://bucket/c10/"
                         f"{SHARD_PLACEHOLDER} -'")
-    return base
-
-
-def _check_opener(base: str, origin: str) -> None:
-    from webdataset.gopen import gopen_schemes
-
     scheme = _scheme(base)
     if scheme in ("", "file") or scheme in gopen_schemes:
-        return
+        return base
     known = ", ".join(sorted(s for s in gopen_schemes if s != "__default__"))
     raise UserError(f"{origin} '{base}': webdataset cannot open '{scheme}:' URLs (it opens local "
                     f"paths, file:, {known}); for S3 use a command, e.g. "
@@ -80,7 +78,6 @@ class ShardSource:
                         else (manifest_base, f"manifest '{Path(root) / 'manifest.json'}': base_url"))
         if base is not None:
             check_base_url(base, origin)
-            _check_opener(base, origin)
         return ShardSource(Path(root), base)
 
     @property
@@ -177,8 +174,6 @@ class ShardStream:
     """
 
     def __init__(self, url: str, shard: ShardInfo, check_sha256: bool) -> None:
-        from webdataset.gopen import gopen
-
         self.url, self.shard = url, shard
         try:
             raw = gopen(url, "rb")
@@ -202,8 +197,6 @@ class ShardStream:
             self._stop()
 
     def samples(self) -> Iterator[tuple[int, dict[str, bytes]]]:
-        from webdataset.tariterators import group_by_keys, tar_file_expander
-
         files = tar_file_expander([{"url": self.url, "stream": self._reader}])
         try:
             for sample in group_by_keys(files):
@@ -263,8 +256,6 @@ class ShardStream:
 
     def _command_failure(self) -> str | None:
         """Why the command behind the stream failed; None if it did not (or there is none)."""
-        from webdataset.gopen import Pipe
-
         raw = self._reader.raw
         self._done = True
         if not isinstance(raw, Pipe):
@@ -278,8 +269,6 @@ class ShardStream:
 
     def _stop(self) -> None:
         """Close early and quietly: a command that dies of the closed pipe is no error here."""
-        from webdataset.gopen import Pipe
-
         self._done = True
         raw = self._reader.raw
         if isinstance(raw, Pipe):
@@ -288,7 +277,7 @@ class ShardStream:
             raw.close()
 
 
-def _stop_pipe(pipe) -> int:
+def _stop_pipe(pipe: Pipe) -> int:
     """Close our end of a webdataset Pipe and reap its process; its exit status."""
     if not pipe.stream.closed:
         pipe.stream.close()
