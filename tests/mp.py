@@ -15,6 +15,9 @@ def cpu_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.update({"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                 "TOKENIZERS_PARALLELISM": "false"})
     env.pop("TIDAL_DIST_CRASH_AT", None)
+    # the checkout under test, not whichever one the venv's editable install points at: a script
+    # started by path (tests/workers/*.py) does not have the repo on sys.path otherwise
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra or {})
     return env
 

@@ -2,6 +2,7 @@
 
     tidal-dist prepare --source fashion-mnist --out data/shards/fashion_mnist
     tidal-dist inspect data/shards/fashion_mnist --verify
+    tidal-dist prepare --source cifar10 --out data/shards/c10 --base-url https://host/c10/
     accelerate launch -m tidal_dist run --config configs/cifar10.yaml run.dir=runs/c10 run.seed=1
     tidal-dist train --config configs/fashion_mnist_demo.yaml    # one training cycle, no AL loop
 
@@ -42,10 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=5000, help="samples per shard (default 5000)")
     p.add_argument("--skip-bad", action="store_true",
                    help="imagefolder: skip unreadable images and count them instead of failing")
+    p.add_argument("--base-url", metavar="URL",
+                   help="where the shards will be served from (recorded in the manifest): a "
+                        "folder, http(s)://HOST/PATH/, or a pipe: command with {shard}, e.g. "
+                        "'pipe:aws s3 cp s3://bucket/c10/{shard} -'; the shards are still "
+                        "written to --out for you to upload")
 
     p = sub.add_parser("inspect", help="print a prepared dataset's manifest summary")
     p.add_argument("root", help="folder written by `prepare`")
-    p.add_argument("--verify", action="store_true", help="re-hash every shard against the manifest")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every shard against the manifest (remote shards: read through "
+                        "webdataset's opener, every byte)")
+    p.add_argument("--shard-url", metavar="URL",
+                   help="read the shards from here instead of the manifest's base_url (as "
+                        "config key data.shard_url)")
 
     p = sub.add_parser("train", help="train one cycle on the initial labeled set and evaluate")
     _add_config_args(p)
@@ -59,24 +70,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from tidal_dist.data.manifest import summary
     from tidal_dist.data.shards import prepare
 
-    manifest = prepare(args.source, args.out, shard_size=args.shard_size, skip_bad=args.skip_bad)
+    manifest = prepare(args.source, args.out, shard_size=args.shard_size, skip_bad=args.skip_bad,
+                       base_url=args.base_url)
     print(summary(manifest))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from tidal_dist.data.locations import ShardSource
     from tidal_dist.data.manifest import load_manifest, summary, verify
 
     manifest = load_manifest(args.root)
+    source = ShardSource.of(args.root, manifest.base_url, args.shard_url)
     print(summary(manifest))
     if args.verify:
-        problems = verify(args.root)
+        problems = verify(args.root, shard_problem=source.problem)
+        where = f" (shards read from {source.base})" if source.base is not None else ""
         if problems:
             for line in problems:
                 print(f"BAD: {line}", file=sys.stderr)
-            print(f"verify: {len(problems)} problem(s) in {args.root}", file=sys.stderr)
+            print(f"verify: {len(problems)} problem(s) in {args.root}{where}", file=sys.stderr)
             return 1
-        print(f"verify: all shards match their sha256 in {args.root}/manifest.json")
+        print(f"verify: all shards match their sha256 in {args.root}/manifest.json{where}")
     return 0
 
 

@@ -32,6 +32,10 @@ class DataConfig:
     image_size: int | None = None  # resize target for random_resized_crop / resize_center_crop
     num_workers: int = 2  # DataLoader workers per rank
     verify_shards: bool = True  # sha256 of every shard checked against the manifest on first open
+    # Where the shards are read from, overriding the manifest's base_url: a folder, an
+    # http(s):// URL, or a `pipe:` command with {shard} (docs/remote-shards.md).
+    shard_url: str | None = None
+    cache_dir: str | None = None  # per-node copies of remote shards; None: $TMPDIR/tidal_dist_cache-UID
 
 
 @dataclass
@@ -114,8 +118,8 @@ class Config:
 # Keys that may change between invocations on the same run directory without making it "another
 # config": they affect speed or how far the run goes, not what the finished cycles mean.
 MUTABLE_KEYS = frozenset(
-    {"data.num_workers", "data.verify_shards", "al.cycles", "run.log_every", "train.timeout_s",
-     "train.checkpoint_every"}
+    {"data.num_workers", "data.verify_shards", "data.shard_url", "data.cache_dir", "al.cycles",
+     "run.log_every", "train.timeout_s", "train.checkpoint_every"}
 )
 
 
@@ -251,6 +255,12 @@ def validate(cfg: Config) -> None:
     need(cfg.data.imbalance_ratio is None or cfg.data.imbalance_ratio >= 1,
          "data.imbalance_ratio", f"must be >= 1 (got {cfg.data.imbalance_ratio})")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    url = cfg.data.shard_url
+    need(url is None or (url.strip() != "" and ("{shard}" in url or not url.startswith("pipe:"))),
+         "data.shard_url", "a folder or URL; a pipe: command must contain {shard} where the "
+         "shard's file name goes (e.g. 'pipe:aws s3 cp s3://bucket/c10/{shard} -')")
+    need(cfg.data.cache_dir is None or cfg.data.cache_dir.strip() != "", "data.cache_dir",
+         "a folder, or null for the default")
     need(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(cfg.train.zero_stage in (0, 1, 2), "train.zero_stage", "must be 0, 1 or 2")

@@ -25,7 +25,8 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
     transform = build_transform(cfg.data.eval_transform, session.manifest, train=False,
                                 image_size=cfg.data.image_size)
     dataset = StreamingDataset(cfg.data.root, split, transform, ids=ids, rank=acc.process_index,
-                               world_size=acc.num_processes, verify=cfg.data.verify_shards)
+                               world_size=acc.num_processes, verify=cfg.data.verify_shards,
+                               shard_url=cfg.data.shard_url, cache_dir=cfg.data.cache_dir)
     model = acc.unwrap_model(session.model)
     was_training = model.training
     model.eval()

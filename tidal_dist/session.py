@@ -56,7 +56,8 @@ class Session:
             c = self.cfg.data
             transform = build_transform(c.train_transform, self.manifest, train=True,
                                         crop_padding=c.crop_padding, image_size=c.image_size)
-            self.train_reader = RandomAccessReader(c.root, "pool", transform, verify=c.verify_shards)
+            self.train_reader = RandomAccessReader(c.root, "pool", transform, verify=c.verify_shards,
+                                                   shard_url=c.shard_url, cache_dir=c.cache_dir)
         return self.train_reader
 
     def to_device(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:

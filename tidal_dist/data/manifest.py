@@ -4,7 +4,9 @@ A prepared folder holds, per split ('pool', 'test'):
     {split}-000000.tar ...   WebDataset shards; sample key = the global id as 10 digits
     {split}-labels.npy       int64 labels, index = id - first_id
     {split}.wids.json        the wids shard index (for wids.ShardListDataset and its tools)
-and manifest.json, written last: its presence marks the folder complete.
+and manifest.json, written last: its presence marks the folder complete. A manifest may name a
+`base_url` where the shards are served from instead (object storage, HTTP; `prepare --base-url`):
+the shard urls are then relative to it, see data/locations.py.
 
 Global ids are contiguous per split (pool 0..N_pool-1, then test), so id -> shard is a binary search
 over the shards' first ids and id -> position in the labels array is id - first_id.
@@ -17,7 +19,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,7 +36,7 @@ def file_sha256(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class ShardInfo:
-    url: str  # relative to the manifest's folder
+    url: str  # the file name, relative to the manifest's folder (or to the manifest's base_url)
     nsamples: int
     first_id: int
     last_id: int
@@ -92,6 +94,7 @@ class Manifest:
     std: list[float]
     skipped: int  # unreadable images left out (skip_bad)
     splits: dict[str, SplitInfo]
+    base_url: str | None = None  # where the shards are served from; None: next to this manifest
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -108,6 +111,8 @@ class Manifest:
         for split in data["splits"].values():
             split.pop("_shard_starts", None)
         data["image_size"] = list(self.image_size) if self.image_size else None
+        if data["base_url"] is None:
+            del data["base_url"]  # a local dataset's manifest stays what earlier versions wrote
         return data
 
     @staticmethod
@@ -155,24 +160,32 @@ def load_labels(root: str | Path, split: str, manifest: Manifest | None = None) 
     return labels
 
 
-def verify(root: str | Path) -> list[str]:
+def local_shard_problem(path: Path, shard: ShardInfo) -> str | None:
+    """What is wrong with a local shard file (None: it matches the manifest). Reads all of it."""
+    if not path.is_file():
+        return f"shard '{path}' is missing"
+    if path.stat().st_size != shard.bytes:
+        return f"shard '{path}' has {path.stat().st_size} bytes, the manifest says {shard.bytes}"
+    if file_sha256(path) != shard.sha256:
+        return f"shard '{path}': sha256 does not match the manifest (corrupted)"
+    return None
+
+
+def verify(root: str | Path,
+           shard_problem: Callable[[ShardInfo], str | None] | None = None) -> list[str]:
     """Every problem found with the files the manifest lists (empty list: all good).
 
-    Reads every byte of every shard: as slow as reading the dataset once.
+    Reads every byte of every shard: as slow as reading the dataset once. `shard_problem` checks
+    one shard where it is served (data.locations.ShardSource.problem); by default the shards are
+    the files next to the manifest.
     """
     root = Path(root)
     manifest = load_manifest(root)
+    if shard_problem is None:
+        shard_problem = lambda shard: local_shard_problem(root / shard.url, shard)  # noqa: E731
     problems = []
     for split in manifest.splits.values():
-        for shard in split.shards:
-            path = root / shard.url
-            if not path.is_file():
-                problems.append(f"shard '{path}' is missing")
-            elif path.stat().st_size != shard.bytes:
-                problems.append(f"shard '{path}' has {path.stat().st_size} bytes, "
-                                f"the manifest says {shard.bytes}")
-            elif file_sha256(path) != shard.sha256:
-                problems.append(f"shard '{path}': sha256 does not match the manifest (corrupted)")
+        problems += [p for p in map(shard_problem, split.shards) if p is not None]
         labels_path = root / split.labels_file
         if not labels_path.is_file():
             problems.append(f"labels file '{labels_path}' is missing")
@@ -193,6 +206,8 @@ def summary(manifest: Manifest) -> str:
         f"options   shard_size={manifest.options.get('shard_size')} "
         f"skip_bad={manifest.options.get('skip_bad')}; skipped {manifest.skipped} unreadable",
     ]
+    if manifest.base_url is not None:
+        lines.append(f"shards    served from {manifest.base_url}")
     for split in manifest.splits.values():
         total = sum(s.bytes for s in split.shards)
         hist = split.label_histogram

@@ -6,6 +6,11 @@ one tar file) directly rather than `wids.ShardListDataset`, because the latter, 
 read-only dataset mount) and prints a line to stderr per instance; the id -> shard arithmetic it
 would add is one binary search over the manifest.
 
+Where the shards are (data/locations.py): next to the manifest, in another folder, or at a URL.
+Remote shards are read at random from a per-node cache of verified copies (data/shard_cache.py)
+and streamed through webdataset's opener, hashed on the way (a copy already in the cache is
+streamed from there).
+
 Shard checksums: with verify=True a shard's sha256 is compared with the manifest the first time a
 process opens it. The set of verified shards is per process; it is inherited by forked DataLoader
 workers and carried along when a reader is pickled, so verifying in the parent before the workers
@@ -15,7 +20,6 @@ start (LabeledDataset does) costs one read of each shard, not one per worker.
 from __future__ import annotations
 
 import os
-import tarfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,13 +30,15 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 from wids.wids import IndexedTarSamples
 
 from tidal_dist import distributed
+from tidal_dist.data.locations import ShardSource, ShardStream
 from tidal_dist.data.manifest import ShardInfo, SplitInfo, file_sha256, load_manifest
+from tidal_dist.data.shard_cache import ShardCache
 from tidal_dist.errors import UserError
 
 Transform = Callable[[bytes], torch.Tensor]
 Sample = tuple[int, torch.Tensor, int]  # (global id, image, label)
 
-_verified_shards: set[tuple[str, str]] = set()  # (path, sha256) checked by this process
+_verified_shards: set[tuple[str, str]] = set()  # (path or URL, sha256) checked by this process
 
 
 def check_shard(path: Path, shard: ShardInfo, verify: bool) -> None:
@@ -70,10 +76,13 @@ class RandomAccessReader:
     """reader[id] -> (id, image tensor, label) for any id of one split."""
 
     def __init__(self, root: str | Path, split: str, transform: Transform, verify: bool = True,
-                 max_open_shards: int = 16) -> None:
+                 max_open_shards: int = 16, shard_url: str | None = None,
+                 cache_dir: str | None = None) -> None:
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
         self.info: SplitInfo = self.manifest.split(split)
+        self.source = ShardSource.of(self.root, self.manifest.base_url, shard_url)
+        self.cache = ShardCache(cache_dir) if self.source.remote else None
         self.transform = transform
         self.verify = verify
         self.max_open_shards = max_open_shards
@@ -86,7 +95,7 @@ class RandomAccessReader:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_open"] = OrderedDict()  # mmaps do not pickle; the new process opens its own
-        paths = {str(p) for p in self.info.shard_paths(self.root)}
+        paths = {self.source.url(s) for s in self.info.shards}
         state["_verified"] = {entry for entry in _verified_shards if entry[0] in paths}
         return state
 
@@ -98,8 +107,15 @@ class RandomAccessReader:
     def check_shards_for(self, ids: np.ndarray) -> None:
         """Check the shards holding `ids` now (in this process), e.g. before DataLoader workers fork."""
         for index in sorted({self.info.shard_index_of(int(i)) for i in np.unique(ids)}):
-            shard = self.info.shards[index]
-            check_shard(self.root / shard.url, shard, self.verify)
+            self._local_file(self.info.shards[index])
+
+    def _local_file(self, shard: ShardInfo) -> Path:
+        """The shard's file on this node: checked in place, or a verified copy in the cache."""
+        if self.cache is not None:
+            return self.cache.fetch(self.source.url(shard), shard)
+        path = self.source.local_path(shard)
+        check_shard(path, shard, self.verify)
+        return path
 
     def _shard(self, index: int) -> IndexedTarSamples:
         if os.getpid() != self._pid:  # forked: the parent's open mmaps are not ours to share
@@ -108,8 +124,7 @@ class RandomAccessReader:
             self._open.move_to_end(index)
             return self._open[index]
         shard = self.info.shards[index]
-        path = self.root / shard.url
-        check_shard(path, shard, self.verify)
+        path = self._local_file(shard)
         try:
             tar = IndexedTarSamples(path=str(path))
         except Exception as e:  # wids asserts / struct errors on a damaged tar
@@ -127,7 +142,7 @@ class RandomAccessReader:
         """(label, original image bytes) of `sample_id`."""
         index = self.info.shard_index_of(sample_id)  # UserError naming the id if not in the split
         shard = self.info.shards[index]
-        where = f"shard '{self.root / shard.url}'"
+        where = f"shard '{self.source.url(shard)}'"
         sample = self._shard(index)[sample_id - shard.first_id]
         key = sample.pop("__key__")
         if key != f"{sample_id:010d}":
@@ -139,34 +154,12 @@ class RandomAccessReader:
     def __getitem__(self, sample_id: int) -> Sample:
         sample_id = int(sample_id)
         label, image = self.read_raw(sample_id)
-        where = f"shard '{self.root / self.info.shard_of(sample_id).url}'"
+        where = f"shard '{self.source.url(self.info.shard_of(sample_id))}'"
         return sample_id, _apply(self.transform, image, sample_id, where), label
 
     def close(self) -> None:
         while self._open:
             self._open.popitem()[1].close()
-
-
-def _tar_samples(path: Path) -> Iterator[tuple[int, dict[str, bytes]]]:
-    """(id, {extension: bytes}) in file order, streaming; tar damage is a UserError naming `path`."""
-    key, files = None, {}
-    try:
-        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name_key, _, ext = member.name.partition(".")
-                if name_key != key and key is not None:
-                    yield int(key), files
-                    files = {}
-                key = name_key
-                files[ext] = tar.extractfile(member).read()
-                tar.members = []  # stream mode keeps every header otherwise: memory would grow with the shard
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"shard '{path}' cannot be read: {type(e).__name__}: {e} (truncated or "
-                        f"damaged? prepare the dataset again)") from None
-    if key is not None:
-        yield int(key), files
 
 
 def _select_ids(info: SplitInfo, ids: np.ndarray | None) -> np.ndarray:
@@ -190,13 +183,22 @@ class StreamingDataset(IterableDataset):
     rank * num_workers + worker_id reads chunk by chunk only the shards that hold its ids, streaming
     each tar from the start and stopping after its last id. A worker with an empty chunk yields
     nothing. Chunks are contiguous in id order, so a rank's samples are not class-shuffled.
+
+    Remote shards (verify=True) are hashed as they stream and read to the end for that, so a
+    damaged download fails the pass (naming the URL) after the samples before the damage were
+    yielded: the caller's results are then discarded, never committed. A shard is read whole
+    once per process for this, as a local shard is hashed whole once per process.
     """
 
     def __init__(self, root: str | Path, split: str, transform: Transform,
                  ids: np.ndarray | None = None, rank: int | None = None,
-                 world_size: int | None = None, verify: bool = True) -> None:
+                 world_size: int | None = None, verify: bool = True,
+                 shard_url: str | None = None, cache_dir: str | None = None) -> None:
         self.root = Path(root)
-        self.info = load_manifest(self.root).split(split)
+        manifest = load_manifest(self.root)
+        self.info = manifest.split(split)
+        self.source = ShardSource.of(self.root, manifest.base_url, shard_url)
+        self.cache = ShardCache(cache_dir) if self.source.remote else None
         self.transform = transform
         self.ids = _select_ids(self.info, ids)
         self.rank = distributed.rank() if rank is None else rank
@@ -225,23 +227,37 @@ class StreamingDataset(IterableDataset):
             if len(wanted):
                 yield from self._read_shard(shard, wanted)
 
+    def _open(self, shard: ShardInfo) -> ShardStream:
+        if self.cache is None:  # a local file: checked whole before the first read
+            path = self.source.local_path(shard)
+            check_shard(path, shard, self.verify)
+            return ShardStream(str(path), shard, check_sha256=False)
+        copy = self.cache.cached(shard)
+        if copy is not None:  # verified when it was downloaded
+            return ShardStream(str(copy), shard, check_sha256=False)
+        url = self.source.url(shard)
+        return ShardStream(url, shard, self.verify and (url, shard.sha256) not in _verified_shards)
+
     def _read_shard(self, shard: ShardInfo, wanted: np.ndarray) -> Iterator[Sample]:
-        path = self.root / shard.url
-        where = f"shard '{path}'"
-        check_shard(path, shard, self.verify)
+        where = f"shard '{self.source.url(shard)}'"
         position = 0
-        for sample_id, files in _tar_samples(path):
-            if sample_id < wanted[position]:
-                continue
-            if sample_id > wanted[position]:
-                break
-            label, image = _split_sample(files, sample_id, where)
-            yield sample_id, _apply(self.transform, image, sample_id, where), label
-            position += 1
-            if position == len(wanted):
-                return
-        raise UserError(f"{where} ends or skips before id {wanted[position]}, which the manifest "
-                        f"places there (truncated or damaged?); prepare the dataset again")
+        with self._open(shard) as stream:
+            for sample_id, files in stream.samples():
+                if sample_id < wanted[position]:
+                    continue
+                if sample_id > wanted[position]:
+                    break
+                label, image = _split_sample(files, sample_id, where)
+                yield sample_id, _apply(self.transform, image, sample_id, where), label
+                position += 1
+                if position == len(wanted):
+                    break
+            stream.finish()  # remote: reads the rest and checks the sha256 (ShardMismatch)
+        if self.cache is not None and self.verify:
+            _verified_shards.add((self.source.url(shard), shard.sha256))
+        if position < len(wanted):
+            raise UserError(f"{where} ends or skips before id {wanted[position]}, which the "
+                            f"manifest places there (truncated or damaged?); prepare the dataset again")
 
 
 def collate_samples(batch: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,6 +3,10 @@
 Atomicity: everything is written into the sibling folder OUT.partial and renamed to OUT at the end,
 so OUT either does not exist or is complete (manifest.json is written last, inside OUT.partial).
 A run that was killed leaves OUT.partial behind; the next run says so, removes it and starts over.
+
+`base_url` records in the manifest where the shards will be served from (data/locations.py); the
+shards are still written to OUT, for the user to upload. It does not change the shards, so
+preparing a finished output again with another base_url only rewrites its manifest.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import io
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +23,7 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from tidal_dist.data.locations import check_base_url
 from tidal_dist.data.manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo,
                                       load_manifest)
 from tidal_dist.data.sources import SPLITS, Source, SourceSpec, open_source, parse_spec
@@ -117,7 +123,7 @@ def _write_split(source: Source, split: str, folder: Path, first_id: int, shard_
 
 
 def _write_dataset(source: Source, spec_text: str, folder: Path, options: dict[str, Any],
-                   progress: bool) -> Manifest:
+                   base_url: str | None, progress: bool) -> Manifest:
     splits: dict[str, SplitInfo] = {}
     next_id = 0
     for split in SPLITS:
@@ -128,7 +134,7 @@ def _write_dataset(source: Source, spec_text: str, folder: Path, options: dict[s
         source_canonical=source.spec.canonical, options=dict(options),
         class_names=list(source.class_names), num_classes=len(source.class_names), mode=source.mode,
         image_size=source.image_size, mean=source.mean, std=source.std, skipped=source.skipped,
-        splits=splits,
+        splits=splits, base_url=base_url,
     )
     atomic_write_json(folder / MANIFEST_NAME, manifest.to_dict())  # last: marks the folder complete
     return manifest
@@ -157,15 +163,24 @@ def _existing_output(out: Path, spec: SourceSpec, options: dict[str, Any]) -> Ma
 
 
 def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000,
-            skip_bad: bool = False, progress: bool = True) -> Manifest:
-    """Write `source_spec` as shards into `out_dir`; a no-op if it is already there."""
+            skip_bad: bool = False, progress: bool = True, base_url: str | None = None) -> Manifest:
+    """Write `source_spec` as shards into `out_dir`; a no-op if it is already there (apart from
+    recording a new `base_url`)."""
     if shard_size < 1:
         raise UserError(f"shard_size must be >= 1 (got {shard_size})")
+    if base_url is not None:
+        check_base_url(base_url, "--base-url")
     spec = parse_spec(source_spec)
     out = Path(out_dir).absolute()
     options = {"shard_size": shard_size, "skip_bad": skip_bad}
     existing = _existing_output(out, spec, options)
     if existing is not None:
+        if base_url is not None and base_url != existing.base_url:
+            existing = replace(existing, base_url=base_url)
+            atomic_write_json(out / MANIFEST_NAME, existing.to_dict())
+            print(f"{out}: already prepared from {spec.canonical}; the manifest now says its "
+                  f"shards are served from {base_url}")
+            return existing
         print(f"{out}: already prepared from {spec.canonical} ({existing.num_samples} samples); "
               f"nothing to do")
         return existing
@@ -177,7 +192,7 @@ def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000
     source = open_source(source_spec, skip_bad=skip_bad)  # errors here leave nothing behind
     partial.mkdir(parents=True)
     try:
-        manifest = _write_dataset(source, source_spec, partial, options, progress)
+        manifest = _write_dataset(source, source_spec, partial, options, base_url, progress)
     except BaseException:
         # A clean failure removes its own leftovers; a killed process cannot, and the next run
         # finds OUT.partial and starts over.
@@ -191,4 +206,7 @@ def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000
         print(f"{out}: {manifest.num_samples} samples in "
               f"{sum(len(s.shards) for s in manifest.splits.values())} shards"
               + (f", {manifest.skipped} unreadable images skipped" if manifest.skipped else ""))
+        if base_url is not None:
+            print(f"copy the shards ({out}/*.tar) to {base_url}; keep {out} (manifest, labels, "
+                  f"indexes) as data.root")
     return manifest
