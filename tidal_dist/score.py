@@ -15,11 +15,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from tidal_dist.fsutil import atomic_write
 from tidal_dist.inference import predict
 from tidal_dist.strategies.base import Outputs, Strategy
+from tidal_dist.telemetry.progress import progress
 
 PART_DTYPES = {"ids": np.int64, "uncertainty": np.float64, "reported": np.float64}
 PART_FIELDS = tuple(PART_DTYPES)
@@ -55,8 +55,8 @@ def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Pat
              for name in PART_FIELDS}
     parts["ids"][:] = -1
     n = 0
-    bar = tqdm(total=len(candidates), desc="scoring", disable=not acc.is_main_process,
-               leave=False, dynamic_ncols=True)
+    bar = progress(total=len(candidates), desc="scoring", unit="candidates",
+                   enabled=acc.is_main_process)
     for ids, _labels, logits, td_logits in predict(session, "pool", cfg.al.score_batch_size,
                                                    ids=candidates):
         u = strategy.uncertainty(Outputs(ids=ids, logits=logits, td_logits=td_logits), cycle_seed)

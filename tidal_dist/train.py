@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from tidal_dist.config import Config
 from tidal_dist.data.manifest import Manifest
@@ -38,6 +37,7 @@ from tidal_dist.data.transforms import build_transform
 from tidal_dist.models import tidal_loss
 from tidal_dist.runtime import Precision, per_rank_batch
 from tidal_dist.td_buffer import TDBuffer, VisitRecorder, fold_visit_files
+from tidal_dist.telemetry import Telemetry, progress
 
 log = logging.getLogger("tidal_dist")
 
@@ -52,6 +52,7 @@ class Session:
     precision: Precision
     manifest: Manifest  # of cfg.data.root, read once per process
     train_reader: RandomAccessReader | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)  # metrics.jsonl, trackers, log lines
 
     @property
     def num_classes(self) -> int:
@@ -168,8 +169,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                                            batch_size=batch)
         sampler.set_epoch(rank_ids[skip * batch:], valid[skip * batch:], epoch_seed(cfg, cycle), epoch)
         model.train()
-        bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
+        bar = progress(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
+                       unit="batches", enabled=acc.is_main_process)
         for step, (ids, x, _, v) in enumerate(bar, start=skip):
             ids_np, v_np = ids.numpy(), v.numpy().astype(bool)
             # Labels come from the AL state (the oracle's answers), not from the shards.
@@ -191,6 +192,11 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
             n = v_dev.sum()
             sums += torch.stack([total.detach() * n, ce.detach() * n, kl.detach() * n, n]).double()
             if acc.is_main_process and step % cfg.run.log_every == 0:
+                session.telemetry.step(
+                    cycle, epoch, step, epochs=cfg.train.epochs,
+                    steps_per_epoch=math.ceil(len(rank_ids) / batch), lr=scheduler.get_last_lr()[0],
+                    samples_per_s=(step + 1 - skip) * batch * world / max(time.time() - t0, 1e-9),
+                    loss=total.item(), ce=ce.item(), kl=kl.item())
                 bar.set_postfix(loss=f"{total.item():.3f}", kl=f"{kl.item():.4f}")
             if preemption.agreed(acc.device):
                 fold()
@@ -198,6 +204,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                                 sums)
                 raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
         bar.close()
+        lr = scheduler.get_last_lr()[0]  # the rate this epoch trained with
         scheduler.step()
         fold()
 
@@ -209,9 +216,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         result.epochs.append(stats)
         sums.zero_()
         if acc.is_main_process:
-            log.info("cycle %d epoch %d/%d: loss %.4f (ce %.4f, kl %.4f) on %d samples, %.1fs",
-                     cycle, epoch + 1, cfg.train.epochs, stats.loss, stats.ce, stats.kl,
-                     stats.samples, stats.seconds)
+            session.telemetry.epoch(cycle, epoch, cfg.train.epochs, lr=lr, **vars(stats))
         every = cfg.train.checkpoint_every
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
             checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums)

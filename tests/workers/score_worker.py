@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tidal_dist.config import load_config
+from tidal_dist.config import candidate_seed, load_config
 from tidal_dist.data.manifest import load_manifest
 from tidal_dist.score import draw_candidates, save_scores, score_pool
 from tidal_dist.selection import top_k
@@ -23,7 +23,7 @@ def main() -> None:
     session = build_session(cfg)
     pool = load_manifest(cfg.data.root).split("pool").ids()
     unlabeled = pool[pool % 7 != 0]  # some ids are "labeled": candidates are not a range
-    candidates = draw_candidates(unlabeled, n, cfg.al.subset_seed, cycle=0)
+    candidates = draw_candidates(unlabeled, n, candidate_seed(cfg), cycle=0)
     merged = score_pool(session, candidates, get_strategy(strategy), out / "parts", cycle_seed=11)
     if merged is not None:
         save_scores(out / "merged.npz", merged)
