@@ -168,7 +168,8 @@ def module_kl(protocol: Protocol, curves: dict[str, dict[str, list[stats.Spread]
 def data_map(title: str, maps: list[tuple[int, DataMap]], path: Path) -> Path:
     cols = min(len(maps), 4)
     rows_n = math.ceil(len(maps) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.2 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols + 1.0, 3.0 * rows_n + 0.5),
+                             squeeze=False, layout="constrained")
     scatter = None
     for i in range(rows_n * cols):
         ax = axes[i // cols][i % cols]
@@ -189,8 +190,8 @@ def data_map(title: str, maps: list[tuple[int, DataMap]], path: Path) -> Path:
         ax.tick_params(labelsize=7)
     if scatter is not None:
         fig.colorbar(scatter, ax=axes.ravel().tolist(), shrink=0.8, label="correctness")
-    fig.suptitle(title)
-    # colorbar + tight_layout do not mix; save without it
+    fig.suptitle(title, fontsize=10)
+    # constrained layout places the colorbar and title; tight_layout would undo it
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
