@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="one run per (strategy, seed), one after another (resumes)")
     _add_config_args(p)
     p.add_argument("--strategies", help="comma-separated al.strategy values, e.g. tidal_entropy,random")
-    p.add_argument("--seeds", default="0", help="comma-separated run.seed values (default 0)")
+    p.add_argument("--seeds", help="comma-separated run.seed values (default 0)")
     p.add_argument("--out", required=True, help="sweep folder: OUT/<strategy>/seed_<seed>/, OUT/sweep.json")
     p.add_argument("--launcher", help="start each run as `LAUNCHER -m tidal_dist run ...`, e.g. "
                    "'torchrun --nproc_per_node 2' (default: run each in the current processes)")

@@ -34,7 +34,7 @@ def sweep_main(args: argparse.Namespace) -> int:
         if args.slurm and args.print:
             raise UserError("--slurm and --print: choose one")
         sweep = plan.plan_sweep(args.config, plan.parse_list(args.strategies, "strategies"),
-                                plan.parse_seeds(args.seeds), args.out, args.overrides,
+                                plan.parse_seeds(args.seeds or "0"), args.out, args.overrides,
                                 args.launcher)
         launcher = sweep.launcher
         if args.print:
