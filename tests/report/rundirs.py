@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from PIL import Image
 
 from tidal_dist.config import Config
 
@@ -89,3 +90,12 @@ def random_probs(epochs: int, n: int, classes: int, seed: int = 0) -> np.ndarray
     logits = rng.normal(size=(epochs, n, classes)) * 2.0
     p = np.exp(logits - logits.max(axis=2, keepdims=True))
     return (p / p.sum(axis=2, keepdims=True)).astype(np.float32)
+
+
+def check_png(path: Path) -> None:
+    """The file decodes as an image with something drawn on it (not one flat colour)."""
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape[0] > 100 and image.shape[1] > 100, path
+    colors = np.unique(image.reshape(-1, 3), axis=0)
+    assert len(colors) > 20, f"{path} looks blank ({len(colors)} colours)"
+    assert (image.min(axis=2) < 200).mean() > 0.01, f"{path}: hardly anything drawn"

@@ -6,9 +6,8 @@ import re
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.report.rundirs import make_run, random_probs, write_td
+from tests.report.rundirs import check_png, make_run, random_probs, write_td
 from tidal_dist.report import report_main
 
 SEEDS = (0, 1)
@@ -32,15 +31,6 @@ def full_runs(root, strategies):
                 labels = (ids % 3).astype(np.int64)
                 write_td(run / "cycles" / f"cycle_{k:04d}", ids, labels,
                          random_probs(4, n, 3, seed=10 * seed + k))
-
-
-def check_png(path):
-    image = np.asarray(Image.open(path).convert("RGB"))
-    assert image.shape[0] > 100 and image.shape[1] > 100, path
-    colors = np.unique(image.reshape(-1, 3), axis=0)
-    assert len(colors) > 20, f"{path} looks blank ({len(colors)} colours)"
-    # something is drawn beyond the white background
-    assert (image.min(axis=2) < 200).mean() > 0.01, path
 
 
 @pytest.fixture(scope="module")
