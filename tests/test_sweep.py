@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.mp import REPO, cpu_env, tail, torchrun
+from tests.mp import REPO, cpu_env, run_module, tail, torchrun
 from tests.sweeps import committed, snapshot, sweep, wait_for_epoch, write_protocol
 
 RUNS = ["random/seed_0", "random/seed_1", "tidal_entropy/seed_0", "tidal_entropy/seed_1"]
@@ -42,8 +42,6 @@ def test_print_lists_one_command_per_run_and_writes_nothing(protocol, tmp_path):
     (["--strategies", "random", "train.epochz=3"], "unknown config key 'train.epochz'"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(protocol, tmp_path, args, message):
-    from tests.mp import run_module
-
     out = tmp_path / "sw"
     proc = run_module(["sweep", "--config", str(protocol), "--out", str(out), *args])
     assert proc.returncode == 2, tail(proc)
@@ -83,8 +81,6 @@ def test_sweep_resumes_an_interrupted_run_and_skips_finished_ones(protocol, tmp_
 
 
 def test_task_runs_one_run_of_the_plan_with_its_launcher(protocol, tmp_path):
-    from tests.mp import run_module
-
     out = tmp_path / "sw"
     proc = sweep(protocol, out, "random,tidal_entropy", "0,1", "--slurm", "--launcher", "python")
     assert proc.returncode == 0, tail(proc)

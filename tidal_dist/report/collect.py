@@ -115,8 +115,6 @@ def run_folders(path: Path, notes: list[str]) -> list[Path]:
     """Run folders named by `path` (a run, a sweep, or a folder of runs)."""
     if not path.exists():
         raise UserError(f"{path} does not exist")
-    if (path / RUN_CONFIG_NAME).is_file():
-        return [path]
     if (path / SWEEP_NAME).is_file():
         try:
             runs = json.loads((path / SWEEP_NAME).read_text())["runs"]
@@ -128,6 +126,8 @@ def run_folders(path: Path, notes: list[str]) -> list[Path]:
             notes.append(f"{len(missing)} planned run(s) of {path} not started yet: "
                          + ", ".join(str(d.relative_to(path)) for d in missing))
         return [d for d in dirs if d not in missing]
+    if (path / RUN_CONFIG_NAME).is_file():
+        return [path]
     found = sorted(p.parent for p in path.rglob(RUN_CONFIG_NAME))
     if not found:
         raise UserError(f"{path}: no run folder (config.yaml) or sweep (sweep.json) in it")
