@@ -126,7 +126,7 @@ def class_histograms(protocol: Protocol, path: Path) -> Path | None:
 
 def phase_seconds(protocol: Protocol, seconds: dict[str, dict[str, stats.Spread]],
                   path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.5 * len(protocol.series) + 1.2))
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.5 * len(protocol.series) + 1.6))
     labels = [s.label for s in protocol.series]
     left = np.zeros(len(labels))
     phases = []
@@ -140,7 +140,8 @@ def phase_seconds(protocol: Protocol, seconds: dict[str, dict[str, stats.Spread]
     ax.set_title(f"{protocol.dataset}: seconds per cycle by phase (mean over cycles and seeds)")
     ax.set_xlabel("seconds per cycle")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, ncol=len(phases), loc="lower right")
+    ax.legend(fontsize=8, ncol=len(phases), loc="upper center", bbox_to_anchor=(0.5, -0.28),
+              frameon=False)
     ax.grid(alpha=0.3, axis="x")
     return save(fig, path)
 
