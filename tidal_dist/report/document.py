@@ -177,6 +177,9 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
     figure(*FIGURE_TITLES[1])
     lines.append("### Per cycle\n")
     lines.append(sec.tables["accuracy"])
+    if max(len(s.runs) for s in p.series) == 1:
+        lines.append("_One seed per strategy: no spread to compare a gap with; run more seeds "
+                     "(`--seeds 0,1,2`) to see whether a gap is larger than the noise._\n")
     lines.append(f"Std over seeds (n − 1); Δ and % paired by seed with Random. "
                  f"CSV: [{_rel(sec.folder / 'accuracy.csv', out)}]({_rel(sec.folder / 'accuracy.csv', out)})\n")
     for name, title in FIGURE_TITLES[2:]:
