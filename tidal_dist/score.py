@@ -28,7 +28,8 @@ PART_FIELDS = tuple(PART_DTYPES)
 def draw_candidates(unlabeled: np.ndarray, subset_size: int | str, subset_seed: int,
                     cycle: int) -> np.ndarray:
     """The cycle's candidates: a seeded random subset of the unlabeled pool, or all of it.
-    Seeded by (al.subset_seed, cycle), apart from the training seed (tidal-method.md step 4)."""
+    Seeded by (subset seed, cycle): config.candidate_seed, i.e. al.subset_seed, or run.seed when
+    it is unset (tidal-method.md step 4)."""
     unlabeled = np.sort(np.asarray(unlabeled, dtype=np.int64))
     if subset_size == "all" or subset_size >= len(unlabeled):
         return unlabeled
