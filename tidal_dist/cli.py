@@ -5,6 +5,8 @@
     tidal-dist prepare --source cifar10 --out data/shards/c10 --base-url https://host/c10/
     accelerate launch -m tidal_dist run --config configs/cifar10.yaml run.dir=runs/c10 run.seed=1
     tidal-dist train --config configs/fashion_mnist_demo.yaml    # one training cycle, no AL loop
+    tidal-dist sweep --config configs/cifar10.yaml --strategies tidal_entropy,random --seeds 0,1,2 --out runs/c10
+    tidal-dist report runs/c10 --out runs/c10/report                # curves, tables, data maps
 
 Bad input (UserError) prints one clear line and exits with status 2; no traceback.
 """
@@ -63,6 +65,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the active-learning experiment (resumes if the run dir exists)")
     _add_config_args(p)
+
+    p = sub.add_parser("sweep", help="one run per (strategy, seed), one after another (resumes)")
+    _add_config_args(p)
+    p.add_argument("--strategies", help="comma-separated al.strategy values, e.g. tidal_entropy,random")
+    p.add_argument("--seeds", help="comma-separated run.seed values (default 0)")
+    p.add_argument("--out", required=True, help="sweep folder: OUT/<strategy>/seed_<seed>/, OUT/sweep.json")
+    p.add_argument("--launcher", help="start each run as `LAUNCHER -m tidal_dist run ...`, e.g. "
+                   "'torchrun --nproc_per_node 2' (default: run each in the current processes)")
+    p.add_argument("--print", action="store_true", help="only print each run's command")
+    p.add_argument("--task", type=int, help="run only run K of OUT/sweep.json (array jobs)")
+    p.add_argument("--slurm", action="store_true",
+                   help="write OUT/sweep.sbatch (one array task per run) and print the sbatch line")
+
+    p = sub.add_parser("report", help="compare runs and sweeps: curves, tables, data maps")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_SWEEP_DIR")
+    p.add_argument("--out", required=True, help="report folder (report.md, figures, tables)")
+    p.add_argument("--cartography-max-classes", type=int, default=100,
+                   help="export per-epoch TD for Dataset Cartography only up to this many classes "
+                        "(default 100; 0 disables the export)")
     return parser
 
 
@@ -113,7 +134,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_main(cfg)
 
 
-COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "train": cmd_train, "run": cmd_run}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tidal_dist.sweep import sweep_main
+
+    return sweep_main(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tidal_dist.report import report_main
+
+    return report_main(args.paths, args.out, cartography_max_classes=args.cartography_max_classes)
+
+
+COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "train": cmd_train, "run": cmd_run,
+            "sweep": cmd_sweep, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,9 @@ class ALConfig:
     budget: int = 1000  # samples labeled per cycle
     cycles: int = 10
     subset_size: int | Literal["all"] = 10000  # candidates drawn from the unlabeled pool per cycle
-    subset_seed: int = 0  # candidate subsets are drawn with this seed, apart from run.seed
+    # Candidate subsets are drawn with (this seed, cycle); None follows run.seed, so seeds differ
+    # in their subsets too. Set it to hold the subsets fixed across seeds.
+    subset_seed: int | None = None
     strategy: str = "tidal_entropy"
     mc_passes: int = 10  # bald: Monte-Carlo dropout passes
     mc_dropout: float = 0.5  # bald: dropout probability on the pooled penultimate features
@@ -100,7 +102,10 @@ class RunConfig:
     dir: str = "runs/default"
     seed: int = 0
     deterministic: bool = False
-    log_every: int = 20  # steps between progress-bar postfix updates
+    log_every: int = 20  # steps between progress-bar postfix updates and metrics.jsonl step records
+    # Accelerate trackers fed from the metrics.jsonl records (rank 0): tensorboard writes
+    # RUN_DIR/tensorboard/; wandb needs the wandb package and its login.
+    trackers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
 
 
 @dataclass
@@ -119,8 +124,13 @@ class Config:
 # config": they affect speed or how far the run goes, not what the finished cycles mean.
 MUTABLE_KEYS = frozenset(
     {"data.num_workers", "data.verify_shards", "data.shard_url", "data.cache_dir", "al.cycles",
-     "run.log_every", "train.timeout_s", "train.checkpoint_every"}
+     "run.log_every", "train.timeout_s", "train.checkpoint_every", "run.trackers"}
 )
+
+
+def candidate_seed(cfg: Config) -> int:
+    """The seed of the cycle's candidate subsets: al.subset_seed, or run.seed when it is unset."""
+    return cfg.run.seed if cfg.al.subset_seed is None else cfg.al.subset_seed
 
 
 def all_keys() -> list[str]:

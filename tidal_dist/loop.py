@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from tidal_dist import faults, preemption
-from tidal_dist.config import Config, bind_run_dir
+from tidal_dist.config import Config, bind_run_dir, candidate_seed, flatten
 from tidal_dist.data.manifest import Manifest, load_labels
 from tidal_dist.errors import UserError
 from tidal_dist.evaluate import evaluate
@@ -39,8 +39,9 @@ from tidal_dist.runtime import seed_everything
 from tidal_dist.analysis import score_ablation
 from tidal_dist.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
 from tidal_dist.selection import top_k
-from tidal_dist.strategies import ScoreContext, SelectionInputs, Strategy, get_strategy
 from tidal_dist.session import Session, build_session
+from tidal_dist.strategies import ScoreContext, SelectionInputs, Strategy, get_strategy
+from tidal_dist.telemetry import Telemetry, check_trackers
 from tidal_dist.train import train_cycle
 
 log = logging.getLogger("tidal_dist")
@@ -111,6 +112,8 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
     out = {"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"],
            "train": [e.to_dict() for e in result.epochs],
            "seconds": {"train": t1 - t0, "evaluate": time.time() - t1}}
+    session.telemetry.phase(k, "evaluate", out["seconds"]["evaluate"], metrics["num_samples"],
+                            accuracy=metrics["accuracy"])
     if acc.is_main_process:
         _save_model(trained / "model.pt", acc.unwrap_model(session.model))
         atomic_write_json(trained / "metrics.json", out)  # last: the phase marker
@@ -132,9 +135,10 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     t0 = time.time()
     all_ids, _ = pool_ids(cfg)
     unlabeled = np.setdiff1d(all_ids, ids, assume_unique=True)
-    candidates = draw_candidates(unlabeled, cfg.al.subset_size, cfg.al.subset_seed, k)
+    subset_seed = candidate_seed(cfg)
+    candidates = draw_candidates(unlabeled, cfg.al.subset_size, subset_seed, k)
     strategy = get_strategy(cfg.al.strategy)
-    ctx = ScoreContext(cycle_seed=cfg.al.subset_seed * 1_000_003 + k, al=cfg.al)
+    ctx = ScoreContext(cycle_seed=subset_seed * 1_000_003 + k, al=cfg.al)
     network = acc.unwrap_model(session.model)
     logged = logged_scores(network) if cfg.al.log_scores else []
     merged = score_pool(session, candidates, strategy, work / "scores", ctx, logged)
@@ -142,6 +146,7 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
                                          work / "td" if session.records_td else None)
     faults.maybe_crash("after_score", k)
     t1 = time.time()
+    session.telemetry.phase(k, "score", t1 - t0, len(candidates), unit="candidates")
     if acc.is_main_process:
         queried = select(strategy, merged, labeled_kept, min(cfg.al.budget, len(candidates)),
                          ctx, acc.device)
@@ -152,7 +157,7 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
             "cycle": k, "labeled": len(ids), "candidates": len(candidates),
             "queried": len(queried["ids"]), "strategy": strategy.name,
             "objective": session.objective.name,
-            "subset_seed": cfg.al.subset_seed, "run_seed": cfg.run.seed,
+            "subset_seed": subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
             # Ground-truth classes of the queries where the shards have them (simulation only).
@@ -168,8 +173,7 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
         commit_cycle(run_dir, work, k, ids, labels, queried, merged, metrics)
         if cfg.al.oracle == "file":
             export_queries(run_dir, k, manifest, queried["ids"], queried["reported"])
-        log.info("cycle %d/%d committed: accuracy %.4f, %d queried -> %s", k + 1, cfg.al.cycles,
-                 metrics["accuracy"], len(queried["ids"]), cycle_dir(run_dir, k))
+        session.telemetry.cycle(k, cfg.al.cycles, metrics, cycle_dir(run_dir, k))
     acc.wait_for_everyone()
     if acc.is_main_process:
         shutil.rmtree(work, ignore_errors=True)
@@ -266,9 +270,11 @@ def check_set_budget(cfg: Config, strategy: Strategy) -> None:
                             f"{pool} pool samples); lower al.budget or al.cycles")
 
 
-def run_main(cfg: Config) -> int:
-    """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir."""
+def run_main(cfg: Config, end_training: bool = True) -> int:
+    """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir. A sweep running
+    several runs in the same processes passes end_training=False to keep the process group."""
     check_set_budget(cfg, get_strategy(cfg.al.strategy))  # fails now, not after a cycle's training
+    check_trackers(cfg.run.trackers)
     session = build_session(cfg)
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)
@@ -284,6 +290,8 @@ def run_main(cfg: Config) -> int:
             shutil.rmtree(run_dir / "work" / f"cycle_{k:04d}", ignore_errors=True)
     if done and acc.is_main_process:
         log.info("resuming %s: %d of %d cycles committed", run_dir, done, cfg.al.cycles)
+    session.telemetry = Telemetry.open(run_dir, acc.is_main_process, cfg.run.trackers, flatten(cfg),
+                                       committed_cycles=done, world_size=acc.num_processes)
     try:
         for k in range(done, cfg.al.cycles):
             run_cycle(session, run_dir, k)
@@ -296,6 +304,8 @@ def run_main(cfg: Config) -> int:
             print(f"tidal-dist run: preempted at {e}; checkpoint saved, run the same command "
                   f"again to continue", flush=True)
         return preemption.EXIT_PREEMPTED
+    finally:
+        session.telemetry.close()
     if acc.is_main_process:
         if (run_dir / "work").is_dir() and not any((run_dir / "work").iterdir()):
             (run_dir / "work").rmdir()
@@ -306,6 +316,7 @@ def run_main(cfg: Config) -> int:
                   f"{last['accuracy']:.4f} with {last['labeled']} labels; results in "
                   f"{run_dir}/results.md and {run_dir}/cycles/", flush=True)
     acc.wait_for_everyone()
-    acc.end_training()
+    if end_training:
+        acc.end_training()
     return 0
 

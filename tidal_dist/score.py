@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from tidal_dist.analysis import module_kl_sums
 from tidal_dist.fsutil import atomic_write
@@ -28,6 +27,7 @@ from tidal_dist.models.network import available_outputs
 from tidal_dist.parts import Field, PartWriter, merge_parts
 from tidal_dist.strategies import Outputs, ScoreContext, Strategy, registry
 from tidal_dist.td_buffer import TDBuffer
+from tidal_dist.telemetry.progress import progress
 
 SCALARS = {"uncertainty": Field(np.float64), "reported": Field(np.float64),
            "predicted": Field(np.int64)}
@@ -36,7 +36,8 @@ SCALARS = {"uncertainty": Field(np.float64), "reported": Field(np.float64),
 def draw_candidates(unlabeled: np.ndarray, subset_size: int | str, subset_seed: int,
                     cycle: int) -> np.ndarray:
     """The cycle's candidates: a seeded random subset of the unlabeled pool, or all of it.
-    Seeded by (subset seed, cycle), apart from the training seed (tidal-method.md step 4)."""
+    Seeded by (subset seed, cycle): config.candidate_seed, i.e. al.subset_seed, or run.seed when
+    it is unset (tidal-method.md step 4)."""
     unlabeled = np.sort(np.asarray(unlabeled, dtype=np.int64))
     if subset_size == "all" or subset_size >= len(unlabeled):
         return unlabeled
@@ -80,8 +81,8 @@ def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Pat
               **_vector_fields(session, strategy.keeps)}
     writer = PartWriter(out_dir, "score", acc.process_index, _capacity(session, len(candidates)),
                         fields)
-    bar = tqdm(total=len(candidates), desc="scoring", disable=not acc.is_main_process,
-               leave=False, dynamic_ncols=True)
+    bar = progress(total=len(candidates), desc="scoring", unit="candidates",
+                   enabled=acc.is_main_process)
     for ids, _labels, out in predict(session, "pool", session.cfg.al.score_batch_size, ids=candidates):
         outputs = _outputs(session, ids, out)
         u = strategy.uncertainty(outputs, ctx)

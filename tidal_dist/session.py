@@ -9,7 +9,7 @@ per-rank batch for Learning Loss's pairs).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
@@ -22,6 +22,7 @@ from tidal_dist.data.transforms import build_transform
 from tidal_dist.distributed import world_size
 from tidal_dist.objectives import Objective
 from tidal_dist.runtime import Precision
+from tidal_dist.telemetry import Telemetry
 
 log = logging.getLogger("tidal_dist")
 
@@ -37,6 +38,7 @@ class Session:
     manifest: Manifest  # of cfg.data.root, read once per process
     objective: Objective  # what the classifier trains with (train.objective, resolved)
     train_reader: RandomAccessReader | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)  # metrics.jsonl, trackers, log lines
 
     @property
     def records_td(self) -> bool:

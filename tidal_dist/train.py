@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from tidal_dist.config import Config
 from tidal_dist.data.readers import LabeledDataset, VisitSampler, epoch_assignment
@@ -36,6 +35,7 @@ from tidal_dist.objectives import StepBatch
 from tidal_dist.runtime import per_rank_batch
 from tidal_dist.session import Session, build_session
 from tidal_dist.td_buffer import TDBuffer, VisitRecorder, fold_visit_files
+from tidal_dist.telemetry import progress
 
 log = logging.getLogger("tidal_dist")
 
@@ -138,8 +138,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         sampler.set_epoch(rank_ids[skip * batch:], valid[skip * batch:], epoch_seed(cfg, cycle), epoch)
         detach = objective.detach(epoch, cfg.train)
         model.train()
-        bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
+        bar = progress(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
+                       unit="batches", enabled=acc.is_main_process)
         for step, (ids, x, _, v) in enumerate(bar, start=skip):
             ids_np, v_np = ids.numpy(), v.numpy().astype(bool)
             # Labels come from the AL state (the oracle's answers), not from the shards.
@@ -163,6 +163,11 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
             sums += torch.stack([total.detach() * rows, *(parts[p].detach() * rows for p in part_names),
                                  v_dev.sum()]).double()
             if acc.is_main_process and step % cfg.run.log_every == 0:
+                session.telemetry.step(
+                    cycle, epoch, step, epochs=cfg.train.epochs,
+                    steps_per_epoch=math.ceil(len(rank_ids) / batch), lr=scheduler.get_last_lr()[0],
+                    samples_per_s=(step + 1 - skip) * batch * world / max(time.time() - t0, 1e-9),
+                    loss=total.item(), **{p: parts[p].item() for p in part_names})
                 bar.set_postfix(loss=f"{total.item():.3f}")
             if preemption.agreed(acc.device):
                 fold()
@@ -170,6 +175,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                                 sums)
                 raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
         bar.close()
+        lr = scheduler.get_last_lr()[0]  # the rate this epoch trained with
         scheduler.step()
         fold()
 
@@ -181,10 +187,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         result.epochs.append(stats)
         sums.zero_()
         if acc.is_main_process:
-            log.info("cycle %d epoch %d/%d: loss %.4f (%s) on %d samples, %.1fs", cycle, epoch + 1,
-                     cfg.train.epochs, stats.loss,
-                     ", ".join(f"{p} {v:.4f}" for p, v in stats.parts.items()), stats.samples,
-                     stats.seconds)
+            session.telemetry.epoch(cycle, epoch, cfg.train.epochs, lr=lr, **stats.to_dict())
         every = cfg.train.checkpoint_every
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
             checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tidal_dist.config import load_config
+from tidal_dist.config import candidate_seed, load_config
 from tidal_dist.data.manifest import load_manifest
 from tidal_dist.loop import select
 from tidal_dist.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
@@ -27,7 +27,7 @@ def main() -> None:
     acc = session.accelerator
     pool = load_manifest(cfg.data.root).split("pool").ids()
     labeled, unlabeled = pool[pool % 7 == 0], pool[pool % 7 != 0]  # candidates are not a range
-    candidates = draw_candidates(unlabeled, n, cfg.al.subset_seed, cycle=0)
+    candidates = draw_candidates(unlabeled, n, candidate_seed(cfg), cycle=0)
     ctx = ScoreContext(cycle_seed=11, al=cfg.al)
     logged = logged_scores(acc.unwrap_model(session.model))
     for name in names:

@@ -21,7 +21,6 @@ from typing import IO, Any
 
 import numpy as np
 import webdataset as wds
-from tqdm import tqdm
 
 from tidal_dist.data.locations import check_base_url
 from tidal_dist.data.manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo,
@@ -29,6 +28,7 @@ from tidal_dist.data.manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, S
 from tidal_dist.data.sources import SPLITS, Source, SourceSpec, open_source, parse_spec
 from tidal_dist.errors import UserError
 from tidal_dist.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from tidal_dist.telemetry.progress import progress as progress_output
 
 WIDS_KIND = "wids-shard-index-v1"
 
@@ -85,8 +85,8 @@ def _write_split(source: Source, split: str, folder: Path, first_id: int, shard_
     shards: list[ShardInfo] = []
     labels: list[int] = []
     sink: _ShardSink | None = None
-    bar = tqdm(total=source.split_length(split), desc=f"prepare {split}", unit="img",
-               disable=not progress, leave=False)
+    bar = progress_output(total=source.split_length(split), desc=f"prepare {split}", unit="img",
+                          enabled=progress)
     with bar:
         for label, data, ext in source.samples(split):
             if sink is None or sink.count == shard_size:

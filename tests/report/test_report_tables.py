@@ -1,0 +1,84 @@
+"""The per-cycle table over hand-made runs with known numbers: mean, std over seeds, the paired
+difference with Random and the relative improvement, exactly as defined in report/stats.py."""
+
+import statistics
+
+import pytest
+
+from tests.report.rundirs import make_run
+from tidal_dist.report import report_main
+from tidal_dist.report.tables import read_csv
+
+RANDOM = {0: [0.50, 0.60], 1: [0.52, 0.61], 2: [0.54, 0.65]}
+TIDAL = {0: [0.50, 0.66], 1: [0.53, 0.64], 2: [0.55, 0.71], 3: [0.56, 0.70]}  # seed 3: no Random twin
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("tables")
+    for seed, acc in RANDOM.items():
+        make_run(tmp_path / "runs", "random", seed, acc)
+    for seed, acc in TIDAL.items():
+        make_run(tmp_path / "runs", "tidal_entropy", seed, acc)
+    out = tmp_path / "report"
+    assert report_main([str(tmp_path / "runs")], out) == 0
+    rows = read_csv(out / "toy" / "accuracy.csv")
+    return out, {(int(r["cycle"]), r["strategy"]): r for r in rows}
+
+
+def approx(x):
+    return pytest.approx(x, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("cycle", [0, 1])
+def test_mean_and_std_over_seeds(report, cycle):
+    _, rows = report
+    for strategy, runs in (("random", RANDOM), ("tidal_entropy", TIDAL)):
+        acc = [100 * a[cycle] for a in runs.values()]
+        row = rows[(cycle, strategy)]
+        assert int(row["n"]) == len(acc)
+        assert float(row["acc_mean"]) == approx(statistics.mean(acc))
+        assert float(row["acc_std"]) == approx(statistics.stdev(acc))  # sample std (n - 1)
+        assert int(row["labeled"]) == 100 + 50 * cycle
+
+
+def test_paired_difference_and_relative_improvement(report):
+    _, rows = report
+    # cycle 1, seeds 0..2 paired; seed 3 has no Random run and must not count
+    diffs = [66 - 60, 64 - 61, 71 - 65]
+    rel = [(66 - 60) / 60 * 100, (64 - 61) / 61 * 100, (71 - 65) / 65 * 100]
+    row = rows[(1, "tidal_entropy")]
+    assert int(row["diff_n"]) == 3 and int(row["rel_n"]) == 3
+    assert float(row["diff_mean"]) == approx(5.0)
+    assert float(row["diff_std"]) == approx(3 ** 0.5)  # deviations 1, -2, 1
+    assert float(row["diff_mean"]) == approx(statistics.mean(diffs))
+    assert float(row["rel_mean"]) == approx(statistics.mean(rel))
+    assert float(row["rel_std"]) == approx(statistics.stdev(rel))
+    # cycle 0: differences 0, 1, 1 pp
+    row0 = rows[(0, "tidal_entropy")]
+    assert float(row0["diff_mean"]) == approx(2 / 3)
+    assert float(row0["rel_mean"]) == approx(statistics.mean([0.0, 1 / 52 * 100, 1 / 54 * 100]))
+
+
+def test_random_row_has_no_comparison_with_itself(report):
+    _, rows = report
+    row = rows[(1, "random")]
+    assert row["diff_mean"] == row["diff_n"] == row["rel_mean"] == ""
+
+
+def test_markdown_table_shows_the_same_numbers(report):
+    out, _ = report
+    text = (out / "toy" / "accuracy.md").read_text()
+    mean = statistics.mean([66, 64, 71, 70])
+    std = statistics.stdev([66, 64, 71, 70])
+    assert f"| 1 | 150 | tidal_entropy | 4 | {mean:.2f} ± {std:.2f} | 5.00 ± 1.73 (n=3) |" in text
+    assert f"{mean:.2f} ± {std:.2f}" in (out / "report.md").read_text()
+
+
+def test_single_seed_has_no_std(tmp_path):
+    make_run(tmp_path / "runs", "random", 0, [0.5])
+    make_run(tmp_path / "runs", "margin", 0, [0.6])
+    report_main([str(tmp_path / "runs")], tmp_path / "out")
+    row = {r["strategy"]: r for r in read_csv(tmp_path / "out" / "toy" / "accuracy.csv")}["margin"]
+    assert row["acc_std"] == "" and row["diff_std"] == ""
+    assert float(row["diff_mean"]) == approx(10.0) and int(row["diff_n"]) == 1

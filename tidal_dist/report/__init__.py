@@ -1,0 +1,46 @@
+"""`tidal-dist report RUN_DIR_OR_SWEEP_DIR... --out DIR`: compare strategies across seeds.
+
+    collect.py      find runs, read their configs and metrics, group into protocols and series
+    stats.py        mean / std / n over seeds, paired differences with Random, phase seconds
+    tables.py       CSV + markdown tables
+    plots.py        the figures (matplotlib Agg)
+    datamaps.py     confidence / variability / correctness per labeled sample
+    cartography.py  per-epoch TD in Dataset Cartography's JSONL format
+    document.py     OUT/report.md (one page embedding the figures) and OUT/report.json
+
+Each protocol (see collect.py) gets a folder OUT/<dataset>/ with its figures and tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidal_dist.errors import UserError
+
+
+def report_main(paths: list[str], out: str | Path, cartography_max_classes: int = 100) -> int:
+    from tidal_dist.report.collect import collect, group
+    from tidal_dist.report.document import build_protocol, write_document
+
+    runs, notes = collect(paths)
+    if not runs:
+        raise UserError(f"no run with a committed cycle under {', '.join(map(str, paths))}")
+    protocols, group_notes = group(runs)
+    notes += group_notes
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [build_protocol(p, out, cartography_max_classes) for p in protocols]
+    report = write_document(out, paths, runs, sections, notes)
+    for note in report["notes"]:
+        print(f"tidal-dist report: note: {note}", flush=True)
+    used = sum(len(s.runs) for p in protocols for s in p.series)
+    print(f"tidal-dist report: {used} run(s), {len(protocols)} protocol(s): {out / 'report.md'}")
+    for section in sections:
+        figure = section.figures.get("accuracy")
+        if figure:
+            print(f"tidal-dist report: comparison plot ({section.protocol.slug}): {figure}",
+                  flush=True)
+    return 0
+
+
+__all__ = ["report_main"]

@@ -1,0 +1,232 @@
+"""Build each protocol's figures and tables, then the one-page OUT/report.md and OUT/report.json.
+
+Whatever cannot be drawn (no Random run, no data-map statistics, no module analysis, a
+Cartography export refused) is named in `skipped` with the reason, and report.md says so in place
+of the figure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tidal_dist.fsutil import atomic_write_json, atomic_write_text
+from tidal_dist.report import plots, stats, tables
+from tidal_dist.report.cartography import ExportRefused, export_cycle
+from tidal_dist.report.collect import BASELINE, Protocol, Run
+from tidal_dist.report.datamaps import load_datamap
+
+KL_KEYS = ("kl_td_module", "kl_td_classifier")
+PROTOCOL_KEYS = ("data.root", "data.imbalance_ratio", "model.backbone", "train.epochs",
+                 "train.batch_size", "al.initial", "al.budget", "al.subset_size", "al.subset_seed")
+
+
+@dataclass
+class Section:
+    protocol: Protocol
+    folder: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, str] = field(default_factory=dict)  # name -> markdown
+    skipped: dict[str, str] = field(default_factory=dict)  # what -> why
+    exports: list[Path] = field(default_factory=list)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) -> Section:
+    folder = out / protocol.slug
+    folder.mkdir(parents=True, exist_ok=True)
+    sec = Section(protocol=protocol, folder=folder)
+    baseline = protocol.baseline()
+    rows = {s.label: stats.cycle_rows(s, baseline) for s in protocol.series}
+    labeled = {s.label: [r.labeled for r in rows[s.label]] for s in protocol.series}
+
+    sec.figures["accuracy"] = plots.accuracy_curves(protocol, rows, folder / "accuracy.png")
+    if baseline is None:
+        sec.skipped["relative"] = (f"no Random run ({BASELINE}) under this protocol, so no "
+                                   f"relative improvement or paired difference; add "
+                                   f"--strategies ...,{BASELINE} to the sweep")
+    elif not any(r.improvement is not None and r.improvement.n > 0
+                 for s in protocol.series for r in rows[s.label]):
+        sec.skipped["relative"] = ("no strategy shares a seed with the Random runs (seeds "
+                                   f"{baseline.seeds}): nothing to pair")
+    else:
+        sec.figures["relative"] = plots.relative_curves(protocol, rows, folder / "relative_to_random.png")
+    sec.tables["accuracy"] = tables.accuracy_table(protocol, rows, folder)
+
+    hists = {(s.label, k): stats.mean_histogram(s, k) for s in protocol.series
+             for k in range(stats.num_cycles(s))}
+    if any(h is not None for h in hists.values()):
+        tables.histogram_table(protocol, {k: None if h is None else h.tolist()
+                                          for k, h in hists.items()}, folder)
+        fig = plots.class_histograms(protocol, folder / "queried_classes.png")
+        if fig:
+            sec.figures["queried_classes"] = fig
+    if "queried_classes" not in sec.figures:
+        sec.skipped["queried_classes"] = "the runs' metrics hold no queried_histogram"
+
+    seconds = {s.label: stats.phase_seconds(s) for s in protocol.series}
+    sec.figures["seconds"] = plots.phase_seconds(protocol, seconds, folder / "seconds.png")
+    sec.tables["seconds"] = tables.seconds_table(protocol, seconds, folder)
+
+    curves = {}
+    for s in protocol.series:
+        c = {key: stats.per_cycle_values(s, "module_analysis", key) for key in KL_KEYS}
+        if any(v.n for v in c["kl_td_module"] + c["kl_td_classifier"]):
+            curves[s.label] = c
+    if curves:
+        sec.figures["module_kl"] = plots.module_kl(protocol, curves, labeled, folder / "module_kl.png")
+        sec.tables["module_kl"] = tables.module_table(protocol, curves, labeled, folder)
+    else:
+        sec.skipped["module_kl"] = "the runs' metrics hold no module_analysis"
+
+    missing = []
+    for s in protocol.series:
+        run = s.runs[0]  # the lowest seed: one data map per strategy keeps the page readable
+        maps = [(k, dm) for k in range(len(run.cycles)) if (dm := load_datamap(run.cycle_dir(k)))]
+        if maps:
+            name = f"datamap_{slug(s.label)}_seed{run.seed}"
+            sec.figures[name] = plots.data_map(
+                f"{protocol.dataset}: data map of {s.label}, seed {run.seed} "
+                f"(confidence vs variability, colour = correctness)", maps, folder / f"{name}.png")
+        else:
+            missing.append(f"{s.label} seed {run.seed}")
+    if missing:
+        sec.skipped["datamaps"] = (f"no td/stats.npy or td/epochs/ in the cycles of "
+                                   f"{', '.join(missing)}")
+
+    ablation = ablation_values(protocol)
+    if ablation:
+        sec.tables["score_ablation"] = tables.ablation_table(protocol, ablation, labeled, folder)
+
+    export_cartography(sec, out, cartography_max_classes)
+    return sec
+
+
+def ablation_values(protocol: Protocol) -> dict[tuple[str, int, str], dict[str, stats.Spread]]:
+    """(series, cycle, score) -> {scalar key: mean/std/n over seeds} from metrics score_ablation."""
+    gathered: dict[tuple[str, int, str], dict[str, list[float]]] = {}
+    for s in protocol.series:
+        for run in s.runs:
+            for k, m in enumerate(run.cycles):
+                for score, values in (m.get("score_ablation") or {}).items():
+                    per = gathered.setdefault((s.label, k, str(score)), {})
+                    for key, v in stats.flatten_scalars(values).items():
+                        per.setdefault(key, []).append(v)
+    return {key: {c: stats.Spread.of(v) for c, v in per.items()}
+            for key, per in sorted(gathered.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2]))}
+
+
+def export_cartography(sec: Section, out: Path, max_classes: int) -> None:
+    if max_classes <= 0:
+        sec.skipped["cartography"] = "export disabled (--cartography-max-classes 0)"
+        return
+    reasons: list[str] = []
+    for s in sec.protocol.series:
+        for run in s.runs:
+            for k in range(len(run.cycles)):
+                target = (out / "cartography" / sec.protocol.slug / slug(s.label)
+                          / f"seed_{run.seed}" / f"cycle_{k:04d}")
+                try:
+                    export_cycle(run.cycle_dir(k), target, max_classes)
+                    sec.exports.append(target)
+                except ExportRefused as e:
+                    reasons.append(str(e))
+    if reasons:
+        # one reason per kind is enough to act on; the count says how many cycles it hit
+        kinds: dict[str, int] = {}
+        for r in reasons:
+            kind = r.split(": ", 1)[1] if ": " in r else r
+            kinds[kind] = kinds.get(kind, 0) + 1
+        sec.skipped["cartography"] = "; ".join(f"{n} cycle(s): {kind}" for kind, n in kinds.items())
+
+
+def _rel(path: Path, out: Path) -> str:
+    return os.path.relpath(path, out)
+
+
+def protocol_summary(protocol: Protocol) -> str:
+    keys = [f"`{k}={protocol.config[k]}`" for k in PROTOCOL_KEYS if k in protocol.config]
+    series = ", ".join(f"{s.label} (seeds {', '.join(map(str, s.seeds))})" for s in protocol.series)
+    return f"Protocol: {' '.join(keys)}.\n\nSeries: {series}.\n"
+
+
+FIGURE_TITLES = [("accuracy", "Accuracy vs labels"),
+                 ("relative", "Relative improvement over Random"),
+                 ("queried_classes", "Classes of the queried samples"),
+                 ("seconds", "Seconds per phase"),
+                 ("module_kl", "Module analysis")]
+
+
+def section_markdown(sec: Section, out: Path, several: bool) -> str:
+    p = sec.protocol
+    lines = [f"## {p.slug}" if several else f"## {p.dataset}", "", protocol_summary(p)]
+
+    def figure(name: str, title: str) -> None:
+        lines.append(f"### {title}\n")
+        if name in sec.figures:
+            lines.append(f"![{title}]({_rel(sec.figures[name], out)})\n")
+        if name in sec.skipped:
+            lines.append(f"_Skipped: {sec.skipped[name]}._\n")
+
+    figure(*FIGURE_TITLES[0])
+    figure(*FIGURE_TITLES[1])
+    lines.append("### Per cycle\n")
+    lines.append(sec.tables["accuracy"])
+    if max(len(s.runs) for s in p.series) == 1:
+        lines.append("_One seed per strategy: no spread to compare a gap with; run more seeds "
+                     "(`--seeds 0,1,2`) to see whether a gap is larger than the noise._\n")
+    lines.append(f"Std over seeds (n − 1); Δ and % paired by seed with Random. "
+                 f"CSV: [{_rel(sec.folder / 'accuracy.csv', out)}]({_rel(sec.folder / 'accuracy.csv', out)})\n")
+    for name, title in FIGURE_TITLES[2:]:
+        figure(name, title)
+        if name in sec.tables:
+            lines.append(sec.tables[name])
+    lines.append("### Data maps\n")
+    for name, path in sec.figures.items():
+        if name.startswith("datamap_"):
+            lines.append(f"![{name}]({_rel(path, out)})\n")
+    if "datamaps" in sec.skipped:
+        lines.append(f"_Skipped: {sec.skipped['datamaps']}._\n")
+    if "score_ablation" in sec.tables:
+        lines.append("### Score ablation\n")
+        lines.append(sec.tables["score_ablation"])
+    lines.append("### Dataset Cartography export\n")
+    if sec.exports:
+        lines.append(f"{len(sec.exports)} cycle(s) under "
+                     f"`{_rel(out / 'cartography' / p.slug, out)}/<strategy>/seed_<s>/cycle_<k>/"
+                     f"training_dynamics/` (log-probabilities as `logits_epoch_E`; see "
+                     f"docs/report.md).\n")
+    if "cartography" in sec.skipped:
+        lines.append(f"_Not exported: {sec.skipped['cartography']}._\n")
+    return "\n".join(lines)
+
+
+def write_document(out: Path, paths: list, runs: list[Run], sections: list[Section],
+                   notes: list[str]) -> dict:
+    several = len(sections) > 1
+    used = sum(len(s.runs) for sec in sections for s in sec.protocol.series)
+    head = ["# Active-learning report", "",
+            f"{used} run(s) from {', '.join(f'`{p}`' for p in paths)}.", ""]
+    if notes:
+        head += ["**Notes**", ""] + [f"- {n}" for n in notes] + [""]
+    body = [section_markdown(sec, out, several) for sec in sections]
+    atomic_write_text(out / "report.md", "\n".join(head) + "\n" + "\n".join(body))
+    report = {
+        "notes": notes,
+        "protocols": [{
+            "slug": sec.protocol.slug, "dataset": sec.protocol.dataset,
+            "series": [{"label": s.label, "strategy": s.strategy, "objective": s.objective,
+                        "seeds": s.seeds, "runs": [str(r.path) for r in s.runs]}
+                       for s in sec.protocol.series],
+            "figures": {k: _rel(v, out) for k, v in sec.figures.items()},
+            "skipped": sec.skipped,
+            "cartography": [_rel(p, out) for p in sec.exports],
+        } for sec in sections],
+    }
+    atomic_write_json(out / "report.json", report)
+    return report

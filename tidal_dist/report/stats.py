@@ -1,0 +1,126 @@
+"""Numbers across seeds: per-cycle accuracy, paired comparisons with Random, phase timings.
+
+Conventions (used by every table and plot of the report):
+- accuracy in percent;
+- std is the sample standard deviation over seeds (n - 1 in the denominator), undefined (NaN)
+  for a single seed;
+- comparisons with Random are paired by seed: for each seed that both a strategy and Random ran,
+  at each cycle both reached,
+      difference     d = acc - acc_random                        (percentage points)
+      improvement    r = (acc - acc_random) / acc_random * 100   (percent of Random's accuracy)
+  then mean, std and n over those seeds. Pairing removes the seed-to-seed spread that both runs
+  share (the same initial set and candidate subsets), so a gap larger than the paired std is a gap
+  larger than the noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tidal_dist.report.collect import Series
+
+NAN = float("nan")
+
+
+@dataclass
+class Spread:
+    mean: float
+    std: float  # sample std (ddof=1); NaN when n < 2
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        v = np.asarray(values, dtype=np.float64)
+        if len(v) == 0:
+            return cls(NAN, NAN, 0)
+        return cls(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else NAN, len(v))
+
+
+@dataclass
+class CycleRow:
+    cycle: int
+    labeled: int
+    accuracy: Spread
+    difference: Spread | None = None  # vs Random, paired by seed (None for Random itself)
+    improvement: Spread | None = None
+
+
+def accuracy_at(series: Series, cycle: int) -> dict[int, float]:
+    """seed -> accuracy (%) at `cycle`, for the runs that committed it."""
+    return {r.seed: 100.0 * float(r.cycles[cycle]["accuracy"])
+            for r in series.runs if cycle < len(r.cycles)}
+
+
+def labeled_at(series: Series, cycle: int) -> int:
+    values = [int(r.cycles[cycle]["labeled"]) for r in series.runs if cycle < len(r.cycles)]
+    return int(round(float(np.mean(values))))
+
+
+def num_cycles(series: Series) -> int:
+    return max(len(r.cycles) for r in series.runs)
+
+
+def cycle_rows(series: Series, baseline: Series | None) -> list[CycleRow]:
+    rows = []
+    for k in range(num_cycles(series)):
+        acc = accuracy_at(series, k)
+        row = CycleRow(cycle=k, labeled=labeled_at(series, k), accuracy=Spread.of(list(acc.values())))
+        if baseline is not None and baseline is not series:
+            base = accuracy_at(baseline, k)
+            seeds = sorted(set(acc) & set(base))
+            row.difference = Spread.of([acc[s] - base[s] for s in seeds])
+            row.improvement = Spread.of([(acc[s] - base[s]) / base[s] * 100.0 for s in seeds
+                                         if base[s] > 0])
+        rows.append(row)
+    return rows
+
+
+def phase_seconds(series: Series) -> dict[str, Spread]:
+    """Seconds per cycle spent in each phase, over every committed cycle of every seed."""
+    values: dict[str, list[float]] = {}
+    for run in series.runs:
+        for m in run.cycles:
+            for phase, s in (m.get("seconds") or {}).items():
+                values.setdefault(phase, []).append(float(s))
+    order = ["train", "evaluate", "score", "select", "commit"]
+    phases = [p for p in order if p in values] + sorted(set(values) - set(order))
+    return {p: Spread.of(values[p]) for p in phases}
+
+
+def per_cycle_values(series: Series, key: str, sub: str | None = None) -> list[Spread]:
+    """Mean/std/n over seeds of metrics[key] (or metrics[key][sub]) at each cycle."""
+    out = []
+    for k in range(num_cycles(series)):
+        vals = []
+        for r in series.runs:
+            if k < len(r.cycles):
+                v = r.cycles[k].get(key)
+                if sub is not None:
+                    v = v.get(sub) if isinstance(v, dict) else None
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    vals.append(float(v))
+        out.append(Spread.of(vals))
+    return out
+
+
+def mean_histogram(series: Series, cycle: int, key: str = "queried_histogram") -> np.ndarray | None:
+    """Per-class counts averaged over the seeds that committed `cycle`."""
+    hists = [np.asarray(r.cycles[cycle][key], dtype=np.float64) for r in series.runs
+             if cycle < len(r.cycles) and r.cycles[cycle].get(key) is not None]
+    if not hists or len({len(h) for h in hists}) != 1:
+        return None
+    return np.mean(hists, axis=0)
+
+
+def flatten_scalars(value: object, prefix: str = "") -> dict[str, float]:
+    """{'a': {'b': 1.0}, 'c': 2} -> {'a.b': 1.0, 'c': 2.0}; lists and strings left out."""
+    out: dict[str, float] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(flatten_scalars(v, f"{prefix}{k}."))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        out[prefix.rstrip(".")] = float(value)
+    return out

@@ -1,0 +1,152 @@
+"""The report's tables: CSV (full precision, for scripts) and markdown (rounded, for reading).
+
+accuracy.csv columns, one row per (cycle, series):
+    cycle, labeled, strategy, objective, n, acc_mean, acc_std,
+    diff_mean, diff_std, diff_n        paired difference vs Random, percentage points
+    rel_mean, rel_std, rel_n           paired relative improvement over Random, percent
+Empty cells: undefined (a std of one seed; no Random run; Random itself).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from tidal_dist.fsutil import atomic_write_text
+from tidal_dist.report.collect import Protocol, Series
+from tidal_dist.report.stats import CycleRow, Spread
+
+ACCURACY_COLUMNS = ["cycle", "labeled", "strategy", "objective", "n", "acc_mean", "acc_std",
+                    "diff_mean", "diff_std", "diff_n", "rel_mean", "rel_std", "rel_n"]
+
+
+def cell(x: float | int | str | None) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return "" if math.isnan(x) else repr(x)
+    return str(x)
+
+
+def write_csv(path: Path, columns: list[str], rows: list[list]) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for row in rows:
+        w.writerow([cell(v) for v in row])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def pm(s: Spread | None, digits: int = 2, n: bool = False) -> str:
+    """'81.20 ± 0.35' (± omitted for one value, '–' for none); with n: '(n=3)' appended."""
+    if s is None or s.n == 0:
+        return "–"
+    text = f"{s.mean:.{digits}f}" + ("" if math.isnan(s.std) else f" ± {s.std:.{digits}f}")
+    return text + (f" (n={s.n})" if n else "")
+
+
+def markdown(columns: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_table(protocol: Protocol, rows: dict[str, list[CycleRow]], folder: Path) -> str:
+    """Write accuracy.csv; return the markdown table (also written as accuracy.md)."""
+    csv_rows, md_rows = [], []
+    cycles = max(len(r) for r in rows.values())
+    for k in range(cycles):
+        for s in protocol.series:
+            if k >= len(rows[s.label]):
+                continue
+            r = rows[s.label][k]
+            d, i = r.difference, r.improvement
+            csv_rows.append([k, r.labeled, s.strategy, s.objective, r.accuracy.n, r.accuracy.mean,
+                             r.accuracy.std, d.mean if d else None, d.std if d else None,
+                             d.n if d else None, i.mean if i else None, i.std if i else None,
+                             i.n if i else None])
+            md_rows.append([str(k), str(r.labeled), s.label, str(r.accuracy.n), pm(r.accuracy),
+                            pm(d, n=True) if d is not None else "–",
+                            pm(i) if i is not None else "–"])
+    write_csv(folder / "accuracy.csv", ACCURACY_COLUMNS, csv_rows)
+    text = markdown(["cycle", "labels", "strategy", "seeds", "accuracy % (mean ± std)",
+                     "Δ vs Random, pp (paired)", "vs Random, % (paired)"], md_rows)
+    atomic_write_text(folder / "accuracy.md", text)
+    return text
+
+
+def seconds_table(protocol: Protocol, seconds: dict[str, dict[str, Spread]], folder: Path) -> str:
+    phases: list[str] = []
+    for per in seconds.values():
+        phases += [p for p in per if p not in phases]
+    csv_rows, md_rows = [], []
+    for s in protocol.series:
+        per = seconds[s.label]
+        for p in phases:
+            if p in per:
+                csv_rows.append([s.strategy, s.objective, p, per[p].mean, per[p].std, per[p].n])
+        total = sum(per[p].mean for p in per)
+        md_rows.append([s.label] + [pm(per.get(p), 1) for p in phases] + [f"{total:.1f}"])
+    write_csv(folder / "seconds.csv", ["strategy", "objective", "phase", "seconds_mean",
+                                       "seconds_std", "n"], csv_rows)
+    return markdown(["strategy"] + [f"{p} s" for p in phases] + ["total s/cycle"], md_rows)
+
+
+def module_table(protocol: Protocol, curves: dict[str, dict[str, list[Spread]]],
+                 labeled: dict[str, list[int]], folder: Path) -> str:
+    csv_rows, md_rows = [], []
+    for s in protocol.series:
+        c = curves.get(s.label)
+        if not c:
+            continue
+        for k, (m, cl) in enumerate(zip(c["kl_td_module"], c["kl_td_classifier"])):
+            csv_rows.append([k, labeled[s.label][k], s.strategy, s.objective, m.mean, m.std, m.n,
+                             cl.mean, cl.std, cl.n])
+            md_rows.append([str(k), str(labeled[s.label][k]), s.label, pm(m, 4), pm(cl, 4)])
+    write_csv(folder / "module_kl.csv", ["cycle", "labeled", "strategy", "objective",
+                                         "kl_td_module_mean", "kl_td_module_std", "kl_td_module_n",
+                                         "kl_td_classifier_mean", "kl_td_classifier_std",
+                                         "kl_td_classifier_n"], csv_rows)
+    return markdown(["cycle", "labels", "strategy", "KL(TD ‖ TD module)", "KL(TD ‖ classifier)"],
+                    md_rows)
+
+
+def histogram_table(protocol: Protocol, hists: dict[tuple[str, int], list[float] | None],
+                    folder: Path) -> None:
+    rows = []
+    for s in protocol.series:
+        k = 0
+        while (s.label, k) in hists:
+            h = hists[(s.label, k)]
+            if h is not None:
+                rows += [[k, s.strategy, s.objective, c, v] for c, v in enumerate(h)]
+            k += 1
+    write_csv(folder / "queried_classes.csv",
+              ["cycle", "strategy", "objective", "class", "queried_mean"], rows)
+
+
+def ablation_table(protocol: Protocol, values: dict[tuple[str, int, str], dict[str, Spread]],
+                   labeled: dict[str, list[int]], folder: Path) -> str:
+    """Rows (series, cycle, score); a column per scalar the runs logged for that score."""
+    keys: list[str] = []
+    for per in values.values():
+        keys += [k for k in per if k not in keys]
+    series = {s.label: s for s in protocol.series}
+    csv_rows, md_rows = [], []
+    for (label, k, score), per in values.items():
+        s: Series = series[label]
+        csv_rows.append([k, labeled[label][k], s.strategy, s.objective, score]
+                        + [per[c].mean if c in per else None for c in keys]
+                        + [max((v.n for v in per.values()), default=0)])
+        md_rows.append([str(k), str(labeled[label][k]), label, score]
+                       + [pm(per.get(c), 4) for c in keys])
+    write_csv(folder / "score_ablation.csv",
+              ["cycle", "labeled", "strategy", "objective", "score"] + keys + ["n"], csv_rows)
+    return markdown(["cycle", "labels", "strategy", "score"] + keys, md_rows)

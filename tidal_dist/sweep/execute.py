@@ -1,0 +1,125 @@
+"""Running a sweep's runs one after another.
+
+In process (no launcher): every process of the current launch (1 for a plain command, N under
+torchrun / `accelerate launch`) runs each run in turn, as `tidal-dist run` would, keeping the
+process group between runs. With a launcher ("torchrun --nproc_per_node 2", "python", ...) each run
+is a subprocess `LAUNCHER -m tidal_dist run ...`.
+
+A run whose al.cycles are all committed is skipped; an unfinished one resumes (that is what
+`tidal-dist run` does on an existing run folder). The sweep stops at the first run that does not
+finish, with that run's exit code: 75 preempted (run the same command again), 3 waiting for labels,
+2 bad input, anything else a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+
+from tidal_dist.distributed import rank, world_size
+from tidal_dist.errors import UserError
+from tidal_dist.sweep.plan import PlannedRun, Sweep, run_config, run_progress
+
+log = logging.getLogger("tidal_dist")
+
+EXIT_PREEMPTED = 75  # preemption.EXIT_PREEMPTED, without importing torch here
+
+
+def say(text: str) -> None:
+    if rank() == 0:
+        print(f"tidal-dist sweep: {text}", flush=True)
+
+
+def command(run: PlannedRun, launcher: str | None) -> list[str]:
+    """The command that runs `run` on its own, as --print lists it."""
+    if launcher:
+        return [*shlex.split(launcher), "-m", "tidal_dist", *run.args]
+    return ["tidal-dist", *run.args]
+
+
+def execute(sweep: Sweep, indices: list[int], launcher: str | None) -> int:
+    if launcher and world_size() > 1:
+        raise UserError("--launcher starts each run's processes itself: run `tidal-dist sweep` "
+                        "as one plain process, or drop --launcher to use the current processes")
+    total = len(indices)
+    ran = 0
+    for n, i in enumerate(indices, start=1):
+        run = sweep.runs[i]
+        done, cycles = run_progress(sweep, run)
+        if done >= cycles:
+            say(f"[{n}/{total}] {run.name}: finished ({done}/{cycles} cycles), skipped")
+            continue
+        state = f"resuming at cycle {done + 1}/{cycles}" if done else f"starting, {cycles} cycles"
+        say(f"[{n}/{total}] {run.name}: {state} in {sweep.run_dir(run)}")
+        rc = run_subprocess(sweep, run, launcher) if launcher else run_in_process(run)
+        if rc != 0:
+            say(f"[{n}/{total}] {run.name} stopped with exit code {rc}; the sweep stops here "
+                f"(run the same command again to continue)")
+            return rc
+        ran += 1
+    if len(indices) > 1 or ran:
+        say(f"{total} run(s) finished in {sweep.out}; compare them with "
+            f"`tidal-dist report {sweep.out} --out {sweep.out / 'report'}`")
+    return 0
+
+
+def run_in_process(run: PlannedRun) -> int:
+    from tidal_dist.loop import run_main
+
+    return run_main(run_config(run), end_training=False)
+
+
+def run_subprocess(sweep: Sweep, run: PlannedRun, launcher: str) -> int:
+    """`LAUNCHER -m tidal_dist run ...` in its own process group. SIGTERM / SIGUSR1 / SIGINT sent
+    to the sweep go to that whole group (so the run's processes checkpoint even when the launcher
+    itself would die of the signal); after a TERM or USR1 the sweep reports preemption (75)."""
+    cmd = command(run, launcher)
+    if cmd[0] == "python":
+        cmd[0] = sys.executable  # the interpreter this sweep runs in, not whatever is on PATH
+    try:
+        child = subprocess.Popen(cmd, cwd=sweep.cwd, start_new_session=True)
+    except FileNotFoundError:
+        raise UserError(f"--launcher: cannot start '{cmd[0]}' (not found on PATH)") from None
+    received: list[int] = []
+
+    def forward(signum, frame):  # noqa: ARG001
+        received.append(signum)
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    sigs = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    previous = {s: signal.signal(s, forward) for s in sigs}
+    try:
+        rc = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if rc != 0 and any(s in (signal.SIGTERM, signal.SIGUSR1) for s in received):
+        return EXIT_PREEMPTED
+    return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
+
+
+def finish_processes() -> None:
+    """After the last in-process run: release the process group the runs shared."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print_commands(sweep: Sweep, launcher: str | None) -> None:
+    for run in sweep.runs:
+        print(shlex.join(command(run, launcher)))
+
+
+def task_indices(sweep: Sweep, task: int) -> list[int]:
+    if not 0 <= task < len(sweep.runs):
+        raise UserError(f"--task {task}: {sweep.out}/sweep.json has {len(sweep.runs)} runs "
+                        f"(tasks 0..{len(sweep.runs) - 1})")
+    return [task]
