@@ -37,3 +37,19 @@ def test_imbalanced_pool_reserves_one_per_class_in_the_initial_set(synthetic_dat
 def test_initial_set_larger_than_pool_is_an_error(synthetic_dataset):
     with pytest.raises(UserError, match="al.initial.*exceeds the pool's 203"):
         initial_labeled_set(cfg_for(synthetic_dataset, "al.initial=500"))
+
+
+def test_validation_hold_out_is_fixed_and_never_in_the_pool(synthetic_dataset):
+    from tidal_dist.pool import validation_ids
+
+    a = load_config(None, [f"data.root={synthetic_dataset}", "al.val_size=30", "run.seed=1",
+                           "al.initial=20"])
+    b = load_config(None, [f"data.root={synthetic_dataset}", "al.val_size=30", "run.seed=2",
+                           "al.initial=20"])
+    val = validation_ids(a)
+    assert len(val) == 30 and np.array_equal(val, validation_ids(b))  # the same for every seed
+    pool, _ = pool_ids(a)
+    assert len(pool) == 203 - 30 and not np.isin(val, pool).any()
+    assert not np.isin(val, initial_labeled_set(a)).any()
+    with pytest.raises(UserError, match="al.val_size"):
+        validation_ids(load_config(None, [f"data.root={synthetic_dataset}", "al.val_size=203"]))

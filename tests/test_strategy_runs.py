@@ -47,10 +47,12 @@ def test_every_strategy_runs_and_records_its_objective(synthetic_dataset, tmp_pa
 def test_one_tidal_run_yields_the_classifier_vs_module_ablation(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_module(args(synthetic_dataset, run_dir, **{"al.strategy": "entropy",
-                                                          "train.objective": "tidal"}))
+                                                          "train.objective": "tidal",
+                                                          "al.val_size": 25}))
     assert proc.returncode == 0, tail(proc)
     m = cycle_metrics(run_dir)
     assert m["objective"] == "tidal"
+    assert m["val_samples"] == 25 and 0 <= m["val_accuracy"] <= 1  # the validation hold-out
     ablation = m["score_ablation"]
     # entropy's own picks are the queries: full overlap with itself
     assert ablation["scores"]["entropy"]["overlap_with_queried"] == 1.0

@@ -79,6 +79,10 @@ class TrainConfig:
 @dataclass
 class ALConfig:
     initial: int = 1000
+    # Pool samples held out for validation (a fixed draw, the same for every seed and strategy):
+    # never labeled or queried, evaluated every cycle as val_accuracy. Tune protocol choices on
+    # it, never on the test split.
+    val_size: int = 0
     budget: int = 1000  # samples labeled per cycle
     cycles: int = 10
     subset_size: int | Literal["all"] = 10000  # candidates drawn from the unlabeled pool per cycle
@@ -281,6 +285,7 @@ def validate(cfg: Config) -> None:
     need(all(0 < f <= 1 for f in cfg.train.lr_decay_at), "train.lr_decay_at",
          "fractions of train.epochs in (0, 1]")
     need(cfg.al.initial >= 1, "al.initial", "must be >= 1")
+    need(cfg.al.val_size >= 0, "al.val_size", "must be >= 0")
     need(cfg.al.budget >= 0, "al.budget", "must be >= 0")
     need(cfg.al.cycles >= 1, "al.cycles", "must be >= 1")
     need(cfg.al.subset_size == "all" or cfg.al.subset_size >= 1, "al.subset_size",

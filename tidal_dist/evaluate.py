@@ -7,22 +7,24 @@ split holds, that is an error, not an accuracy.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from tidal_dist.inference import predict
 
 
-def evaluate(session, split: str = "test") -> dict:
+def evaluate(session, split: str = "test", ids: np.ndarray | None = None) -> dict:
+    """Top-1 accuracy on `split` (or on `ids` of it: the validation hold-out of the pool)."""
     acc = session.accelerator
     counts = torch.zeros(2, dtype=torch.int64, device=acc.device)  # correct, seen
-    for _ids, y, out in predict(session, split, session.cfg.train.eval_batch_size):
+    for _ids, y, out in predict(session, split, session.cfg.train.eval_batch_size, ids=ids):
         y = y.to(acc.device)
         counts[0] += (out["logits"].argmax(dim=1) == y).sum()
         counts[1] += y.numel()
     counts = acc.reduce(counts, reduction="sum")
     correct, seen = int(counts[0]), int(counts[1])
-    expected = session.manifest.split(split).num_samples
+    expected = session.manifest.split(split).num_samples if ids is None else len(ids)
     if seen != expected:
-        raise RuntimeError(f"evaluation saw {seen} samples of the {split} split, which holds "
-                           f"{expected}: the test sharding lost or repeated samples")
+        raise RuntimeError(f"evaluation saw {seen} samples of the {split} split, where "
+                           f"{expected} were expected: the sharding lost or repeated samples")
     return {"accuracy": correct / expected, "correct": correct, "num_samples": seen}

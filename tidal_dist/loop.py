@@ -34,7 +34,7 @@ from tidal_dist.errors import UserError
 from tidal_dist.evaluate import evaluate
 from tidal_dist.fsutil import atomic_write, atomic_write_json, fsync_dir
 from tidal_dist.oracle import LabelsPending, export_queries, label_queries, queries_path
-from tidal_dist.pool import initial_labeled_set, pool_ids
+from tidal_dist.pool import initial_labeled_set, pool_ids, validation_ids
 from tidal_dist.runtime import seed_everything
 from tidal_dist.analysis import score_ablation
 from tidal_dist.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
@@ -110,8 +110,11 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
     t1 = time.time()
     metrics = evaluate(session)
     out = {"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"],
-           "train": [e.to_dict() for e in result.epochs],
-           "seconds": {"train": t1 - t0, "evaluate": time.time() - t1}}
+           "train": [e.to_dict() for e in result.epochs]}
+    if session.cfg.al.val_size:
+        val = evaluate(session, "pool", ids=validation_ids(session.cfg))
+        out.update(val_accuracy=val["accuracy"], val_samples=val["num_samples"])
+    out["seconds"] = {"train": t1 - t0, "evaluate": time.time() - t1}
     session.telemetry.phase(k, "evaluate", out["seconds"]["evaluate"], metrics["num_samples"],
                             accuracy=metrics["accuracy"])
     if acc.is_main_process:

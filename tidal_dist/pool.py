@@ -15,10 +15,26 @@ from tidal_dist.data.manifest import load_labels, load_manifest
 from tidal_dist.errors import UserError
 
 
+VAL_SEED = 0x7A1  # one validation draw for every run of a dataset, whatever run.seed
+
+
+def validation_ids(cfg: Config) -> np.ndarray:
+    """The al.val_size pool ids held out for validation, ascending (empty when 0)."""
+    ids = load_manifest(cfg.data.root).split("pool").ids()
+    n = cfg.al.val_size
+    if n >= len(ids):
+        raise UserError(f"config key 'al.val_size': {n} leaves nothing of the pool's {len(ids)} "
+                        f"samples to label")
+    return np.sort(np.random.default_rng(VAL_SEED).choice(ids, size=n, replace=False))
+
+
 def pool_ids(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(all ids of the experiment's pool, ids that must start labeled), both ascending."""
+    """(all ids of the experiment's pool, ids that must start labeled), both ascending. The
+    validation hold-out (al.val_size) is not part of the pool."""
     manifest = load_manifest(cfg.data.root)
     ids = manifest.split("pool").ids()
+    if cfg.al.val_size:
+        ids = np.setdiff1d(ids, validation_ids(cfg), assume_unique=True)
     if cfg.data.imbalance_ratio is None:
         return ids, np.zeros(0, dtype=np.int64)
     labels = load_labels(cfg.data.root, "pool")
