@@ -32,6 +32,9 @@ class DataConfig:
     image_size: int | None = None  # resize target for random_resized_crop / resize_center_crop
     num_workers: int = 2  # DataLoader workers per rank
     verify_shards: bool = True  # sha256 of every shard checked against the manifest on first open
+    # eval/scoring decode: pil in loader workers, or tensor (torchvision.io, batched on the GPU
+    # when there is one); auto: tensor on a GPU for image folders (data/tensor_decode.py)
+    decode: Literal["auto", "pil", "tensor"] = "auto"
 
 
 @dataclass
@@ -59,6 +62,12 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on for GPU, off for CPU
     eval_batch_size: int = 256
     checkpoint_every: int = 10  # epochs between mid-cycle checkpoints (0: only at cycle end)
+    # auto: the labeled set decoded once into device memory when it fits the budget and the
+    # train transform allows (data/train_batches.py); loader: decode per visit in loader workers
+    data_path: Literal["auto", "loader", "device"] = "auto"
+    device_data_budget_mb: int = 4096  # per process, for the decoded uint8 labeled set
+    compile: bool = False  # torch.compile the training forward
+    record_epoch_probs: bool = False  # td/epochs/probs_eXXXX.npy [N, C] per epoch (data maps)
     timeout_s: int = 300  # process-group timeout: a dead rank ends the job within this bound
 
 
@@ -97,7 +106,7 @@ class Config:
 # Keys that may change between invocations on the same run directory without making it "another
 # config": they affect speed or how far the run goes, not what the finished cycles mean.
 MUTABLE_KEYS = frozenset(
-    {"data.num_workers", "data.verify_shards", "al.cycles", "run.log_every", "train.timeout_s",
+    {"data.num_workers", "data.verify_shards", "data.decode", "al.cycles", "run.log_every", "train.timeout_s",
      "train.checkpoint_every"}
 )
 
@@ -237,6 +246,7 @@ def validate(cfg: Config) -> None:
     need(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(cfg.train.zero_stage in (0, 1, 2), "train.zero_stage", "must be 0, 1 or 2")
+    need(cfg.train.device_data_budget_mb >= 0, "train.device_data_budget_mb", "must be >= 0")
     need(all(0 < f <= 1 for f in cfg.train.lr_decay_at), "train.lr_decay_at",
          "fractions of train.epochs in (0, 1]")
     need(cfg.al.initial >= 1, "al.initial", "must be >= 1")

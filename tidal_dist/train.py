@@ -2,16 +2,18 @@
 
 Per epoch, every rank takes an equal, padded share of a seeded permutation of the labeled ids
 (data.readers.epoch_assignment); padding rows are marked invalid and count neither in the loss nor
-in the TD buffers. Each step:
+in the TD record. Each step, at the rank's batch positions [lo, lo + B) of the epoch:
 
     logits, td_logits = model(x)
     p      = softmax(logits).detach()                    # this visit's TD sample
-    target = (sum[id] + p) / (count[id] + 1)             # running mean incl. this visit
+    target = (sum[j] + p) / (count[j] + 1)               # running mean incl. this visit
     loss   = CE(logits, y) + λ · KL(target ‖ softmax(td_logits))      (tidal-method.md)
 
-and the rank records (id, p). At the end of the epoch rank 0 folds every rank's records into the
-memory-mapped buffers (td_buffer.py). Model and optimizer go through accelerator.prepare; the data
-loaders do not (we split the data ourselves, exactly once, see docs/td-gathering.md).
+and the rank adds p to its device-resident rows (td_state.DeviceTD). At the end of the epoch one
+all_to_all moves the rows to the ranks that visit them next; at the end of the cycle rank 0 writes
+the memory-mapped buffers (td_buffer.py, docs/td-gathering.md). Batches come from the loader path
+or the device-resident path (data/train_batches.py). Model and optimizer go through
+accelerator.prepare; the data does not (we split it ourselves, exactly once).
 """
 
 from __future__ import annotations
@@ -27,17 +29,16 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tidal_dist.config import Config
 from tidal_dist.data.manifest import Manifest
-from tidal_dist.data.readers import (LabeledDataset, RandomAccessReader, VisitSampler,
-                                     epoch_assignment)
+from tidal_dist.data.readers import RandomAccessReader, epoch_assignment
+from tidal_dist.data.train_batches import build_batches
 from tidal_dist.data.transforms import build_transform
 from tidal_dist.models import tidal_loss
 from tidal_dist.runtime import Precision, per_rank_batch
-from tidal_dist.td_buffer import TDBuffer, VisitRecorder, fold_visit_files
+from tidal_dist.td_state import DeviceTD, EpochLayout, check_epoch_probs_size
 
 log = logging.getLogger("tidal_dist")
 
@@ -120,86 +121,73 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     labeled_ids = np.asarray(labeled_ids, dtype=np.int64)[order]
     labels = np.asarray(labels, dtype=np.int64)[order]
     td_dir, ckpt_root = work_dir / "td", work_dir / "ckpt"
+    if cfg.train.record_epoch_probs:
+        check_epoch_probs_size(len(labeled_ids), session.num_classes, cfg.train.epochs)
     start = time.time()
 
     acc.free_memory()  # drop the previous cycle's wrapped model / optimizer / engine
     optimizer, scheduler = build_optimizer(cfg, session.model)
     model, optimizer = acc.prepare(session.model, optimizer)
+    forward = torch.compile(model) if cfg.train.compile else model
     resume = checkpoint.latest(ckpt_root)
-    if resume is None and acc.is_main_process:
-        TDBuffer.create(td_dir, labeled_ids, session.num_classes)  # reset at every cycle start
-    acc.wait_for_everyone()
     start_epoch, start_step = 0, 0
     sums = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss, ce, kl, n (weighted)
     if resume is not None:
-        meta = checkpoint.load(acc, model, optimizer, scheduler, td_dir, resume)
+        meta = checkpoint.load(acc, model, optimizer, scheduler, resume)
         start_epoch, start_step = meta["epoch"], meta["step"]
         sums = torch.tensor(meta["sums"], dtype=torch.float64, device=acc.device)
         if acc.is_main_process:
             log.info("cycle %d: resuming at epoch %d, step %d from %s", cycle, start_epoch + 1,
                      start_step, resume)
-    writer = TDBuffer(td_dir, writable=True) if acc.is_main_process else None
-    recorder = VisitRecorder(td_dir, rank, math.ceil(len(labeled_ids) / world), session.num_classes)
-
-    def fold() -> None:
-        # Every rank's records are on disk before rank 0 reads them, and rank 0 has finished
-        # before anyone reads the buffers again.
-        recorder.flush()
-        acc.wait_for_everyone()
-        if writer is not None:
-            fold_visit_files(writer, td_dir, world)
-        acc.wait_for_everyone()
-        recorder.reset()
-
     batch = per_rank_batch(cfg.train.batch_size, world)
-    # One loader for the whole cycle: persistent workers keep their open shards across epochs;
-    # the sampler hands them each epoch's keys.
-    sampler = VisitSampler()
-    workers = cfg.data.num_workers
-    loader = DataLoader(LabeledDataset(session.reader(), labeled_ids), batch_size=batch,
-                        sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                        pin_memory=torch.cuda.is_available())
+    seed = epoch_seed(cfg, cycle)
+    td = DeviceTD(labeled_ids, session.num_classes,
+                  EpochLayout(len(labeled_ids), start_epoch, seed, world, batch), rank, acc.device,
+                  record_epoch_probs=cfg.train.record_epoch_probs)
+    if resume is not None:
+        td.load(resume / "td")
+    batches = build_batches(session, labeled_ids, batch, announce=acc.is_main_process)
     result = CycleResult(engine=type(model).__name__)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
         skip = start_step if epoch == start_epoch else 0
-        buffer = TDBuffer(td_dir)  # re-opened each epoch: rank 0 may have replaced the files
-        rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world,
-                                           batch_size=batch)
-        sampler.set_epoch(rank_ids[skip * batch:], valid[skip * batch:], epoch_seed(cfg, cycle), epoch)
+        rank_ids, valid = epoch_assignment(labeled_ids, epoch, seed, rank, world, batch_size=batch)
+        # Labels (the AL state's, not the shards') and the valid mask: on the device, once an epoch.
+        y_epoch = torch.from_numpy(labels[np.searchsorted(labeled_ids, rank_ids)]).to(acc.device)
+        v_epoch = torch.from_numpy(valid).to(acc.device)
         model.train()
-        bar = tqdm(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
+        bar = tqdm(batches.epoch(rank_ids, valid, seed, epoch, skip, model),
+                   total=len(rank_ids) // batch - skip,
+                   desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
-        for step, (ids, x, _, v) in enumerate(bar, start=skip):
-            ids_np, v_np = ids.numpy(), v.numpy().astype(bool)
-            # Labels come from the AL state (the oracle's answers), not from the shards.
-            y = torch.from_numpy(labels[np.searchsorted(labeled_ids, ids_np)]).to(acc.device)
-            x, v_dev = session.to_device(x, model), v.to(acc.device)
+        for step, x in enumerate(bar, start=skip):
+            lo = step * batch
+            y, v_dev = y_epoch[lo:lo + batch], v_epoch[lo:lo + batch]
             with acc.autocast():
-                logits, td_logits = model(x)
+                logits, td_logits = forward(x)
             logits, td_logits = logits.float(), td_logits.float()
             probs = F.softmax(logits.detach(), dim=1)
-            # Padding rows repeat real ids, so every row has a target; the loss masks them out.
-            # No boolean indexing on the device: it would force a host sync per step.
-            target = buffer.targets(ids_np, probs)
+            # Padding rows have zero TD rows, so every row has a finite target; the loss masks them.
+            target = td.targets(lo, probs)
             total, ce, kl = tidal_loss(logits, td_logits, y, target, cfg.train.td_weight, valid=v_dev)
             acc.backward(total)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            recorder.record(ids_np[v_np], probs.cpu().numpy()[v_np])
+            td.record(lo, probs, y, v_dev)
             faults.maybe_crash_in_epoch(epoch, step)
             n = v_dev.sum()
             sums += torch.stack([total.detach() * n, ce.detach() * n, kl.detach() * n, n]).double()
             if acc.is_main_process and step % cfg.run.log_every == 0:
                 bar.set_postfix(loss=f"{total.item():.3f}", kl=f"{kl.item():.4f}")
             if preemption.agreed(acc.device):
-                fold()
-                checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch, step + 1,
-                                sums)
+                checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch, step + 1, sums)
                 raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
         bar.close()
         scheduler.step()
-        fold()
+        if cfg.train.record_epoch_probs:
+            td.write_epoch_probs(td_dir / "epochs" / f"probs_e{epoch:04d}.npy")
+        if epoch + 1 < cfg.train.epochs:
+            td.advance()
 
         total_sums = acc.reduce(sums.clone(), reduction="sum")
         n = max(total_sums[3].item(), 1.0)
@@ -214,7 +202,9 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                      stats.samples, stats.seconds)
         every = cfg.train.checkpoint_every
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
-            checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums)
+            checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch + 1, 0, sums)
+    td.save(td_dir)  # rank 0 writes the committed buffers, in id order
+    acc.wait_for_everyone()
     sync_buffers(session.model)
     result.seconds = time.time() - start
     return result
