@@ -169,7 +169,7 @@ HEADER = ["N x C", "processes", "file fold: epoch end", "device rows: epoch end"
           "device: run-dir writes/epoch"]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000x1000,20000x8142")
     ap.add_argument("--world", type=int, default=2)
@@ -190,8 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     results = [run(*map(int, s.split("x")), args.world, args.epochs, work)
                for s in args.sizes.split(",")]
-    write(args.name, {"target_speedup_min": 10, "results": results}, HEADER, rows_for(results))
-    return {"results": results}
+    result = {"target_speedup_min": 10, "results": results}
+    write(args.name, result, HEADER, rows_for(results), out=out)
+    return result
 
 
 if __name__ == "__main__":
