@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100000x1000,20000x8142")
     ap.add_argument("--world", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--name", default="td_gather")
     ap.add_argument("--worker")

@@ -16,32 +16,45 @@ from tidal_dist.td_state import (DeviceTD, EpochLayout, check_epoch_probs_size, 
 @pytest.mark.parametrize("n,world,batch", [(61, 1, 4), (61, 2, 5), (61, 3, 4), (7, 4, 3)])
 def test_layout_matches_epoch_assignment_and_the_plan_moves_every_row(n, world, batch):
     ids = np.arange(n) * 2 + 5
-    a, b = EpochLayout(n, 3, 9, world, batch), EpochLayout(n, 4, 9, world, batch)
     for r in range(world):
         rank_ids, valid = epoch_assignment(ids, 3, 9, r, world, batch_size=batch)
-        pos, rows = a.positions(r)
+        pos, rows = EpochLayout(n, 3, 9, world, batch).positions(r)
         np.testing.assert_array_equal(pos, np.flatnonzero(valid))
         np.testing.assert_array_equal(ids[rows], rank_ids[valid])
-    # Simulate the all_to_all with numpy: each rank's rows hold their own row index.
-    held = {}
+    # Simulate three exchanges with numpy: a storage row holds its id row as its value.
+    layout = EpochLayout(n, 3, 9, world, batch)
+    storage, rows_at = {}, {}
     for r in range(world):
-        pos, rows = a.positions(r)
-        held[r] = np.full(a.per_rank, -1)
-        held[r][pos] = rows
-    plans = [exchange_plan(a, b, r) for r in range(world)]
-    for r in range(world):
-        received = []
-        for s in range(world):
-            send, send_counts, _, _ = plans[s]
-            start = sum(send_counts[:r])
-            received.append(held[s][send[start:start + send_counts[r]]])
-        _, _, recv, recv_counts = plans[r]
-        assert recv_counts == [len(x) for x in received]
-        new = np.full(b.per_rank, -1)
-        new[recv] = np.concatenate(received)
-        pos, rows = b.positions(r)
-        np.testing.assert_array_equal(new[pos], rows)  # every row where epoch 4 visits it
-        assert (np.delete(new, pos) == -1).all()  # padding positions receive nothing
+        pos, rows = layout.positions(r)
+        rows_at[r] = np.full(layout.per_rank, -1)
+        rows_at[r][pos] = rows
+        storage[r] = rows_at[r].copy()
+    for _ in range(3):
+        new = layout.next()
+        plans = [exchange_plan(layout, new, r, rows_at[r]) for r in range(world)]
+        nxt = {}
+        for r in range(world):
+            received = []
+            for src in range(world):
+                plan = plans[src]
+                start = sum(plan.send_counts[:r])
+                received.append(storage[src][plan.send_slots[start:start + plan.send_counts[r]]])
+            assert plans[r].recv_counts == [len(x) for x in received]
+            assert plans[r].send_counts[r] == plans[r].recv_counts[r] == 0  # nothing to itself
+            kept = storage[r][plans[r].keep_slots]
+            nxt[r] = np.full(new.per_rank, -1)
+            nxt[r][:sum(map(len, received)) + len(kept)] = np.concatenate([*received, kept])
+        for r in range(world):
+            plan = plans[r]
+            np.testing.assert_array_equal(nxt[r], plan.new_rows_at)  # storage holds what it says
+            pos, rows = new.positions(r)
+            np.testing.assert_array_equal(nxt[r][plan.new_slot[pos]], rows)  # each visit its row
+            assert len(set(plan.new_slot.tolist())) == new.per_rank  # distinct rows
+            padding = np.setdiff1d(np.arange(new.per_rank), pos)
+            assert (nxt[r][plan.new_slot[padding]] == -1).all()  # padding reads free rows
+        storage = nxt
+        rows_at = {r: plans[r].new_rows_at for r in range(world)}
+        layout = new
 
 
 def run_epochs(td, ids, labels, epochs, seed, batch, c, stop_at=None):
