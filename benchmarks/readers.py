@@ -25,11 +25,11 @@ from tidal_dist.data.shards import prepare  # noqa: E402
 from tidal_dist.data.transforms import build_transform  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--source", default="fashion-mnist")
     ap.add_argument("--random-reads", type=int, default=5000)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tidal_readers_"))
     root = work / "shards"
     t0 = time.perf_counter()
@@ -60,11 +60,12 @@ def main() -> None:
              f"{min(shard_mb):.1f}-{max(shard_mb):.1f} MiB each"],
             ["random access", f"{len(ids):,} random ids, 1 process", f"{random_rate:,.0f} reads/s"]]
     rows += [["streaming", f"{w} loader workers", f"{r:,.0f} reads/s"] for w, r in stream.items()]
-    write("readers", {"source": args.source, "prepare_s": prepare_s, "shard_mib": shard_mb,
-                      "random_reads_per_s": random_rate,
-                      "streaming_reads_per_s": {str(k): v for k, v in stream.items()}},
-          ["measure", "setting", "result"], rows)
+    result = {"source": args.source, "prepare_s": prepare_s, "shard_mib": shard_mb,
+              "random_reads_per_s": random_rate,
+              "streaming_reads_per_s": {str(k): v for k, v in stream.items()}}
+    write("readers", result, ["measure", "setting", "result"], rows, out=out)
     shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 if __name__ == "__main__":

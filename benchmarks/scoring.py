@@ -35,7 +35,7 @@ from tidal_dist.data.shards import prepare  # noqa: E402
 from tidal_dist.data.transforms import build_transform  # noqa: E402
 from tidal_dist.score import score_pool  # noqa: E402
 from tidal_dist.selection import top_k  # noqa: E402
-from tidal_dist.strategies import get_strategy  # noqa: E402
+from tidal_dist.strategies import ScoreContext, get_strategy  # noqa: E402
 from tidal_dist.session import build_session  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def throughput(work: Path, n: int, workers: int) -> dict:
 
     def scored() -> float:
         t0 = time.perf_counter()
-        score_pool(session, ids, get_strategy("tidal_entropy"), work / "parts", cycle_seed=0)
+        score_pool(session, ids, get_strategy("tidal_entropy"), work / "parts", ScoreContext(0))
         return time.perf_counter() - t0
 
     bare(), scored()  # warm the page cache and the allocator
@@ -86,7 +86,7 @@ def rss_child(root: str) -> None:
     session = session_for(Path(root), 0, work / "run")
     ids = load_manifest(root).split("pool").ids()
     t0 = time.perf_counter()
-    score_pool(session, ids, get_strategy("tidal_entropy"), work / "parts", cycle_seed=0)
+    score_pool(session, ids, get_strategy("tidal_entropy"), work / "parts", ScoreContext(0))
     print(json.dumps({"n": len(ids), "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "seconds": time.perf_counter() - t0}))
 
@@ -106,20 +106,22 @@ def topk_time(n: int, k: int) -> dict:
     return {"n": n, "k": k, "seconds": time.perf_counter() - t0}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rss-child")
     ap.add_argument("--throughput-n", type=int, default=20_000)
+    ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--large", type=int, default=1_000_000)
+    ap.add_argument("--topk-n", type=int, default=10_000_000)
     ap.add_argument("--work", default=None, help="folder for the synthetic shards (default: temp)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.rss_child:
         return rss_child(args.rss_child)
     work = Path(args.work or tempfile.mkdtemp(prefix="tidal_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     tp = [throughput(work, args.throughput_n, w) for w in (0, 2)]
-    small, large = peak_rss(work, 10_000), peak_rss(work, args.large)
-    tk = topk_time(10_000_000, 10_000)
+    small, large = peak_rss(work, args.small), peak_rss(work, args.large)
+    tk = topk_time(args.topk_n, min(10_000, args.topk_n))
     rss_ratio = large["peak_rss_kib"] / small["peak_rss_kib"]
     rows = [[f"throughput, {t['workers']} workers", f"{t['bare_img_s']:.0f} img/s bare",
              f"{t['score_img_s']:.0f} img/s scored", f"{t['ratio']:.3f}", ">= 0.9"] for t in tp]
@@ -127,9 +129,10 @@ def main() -> None:
                  f"{large['peak_rss_kib'] / 1024:.0f} MiB @ {large['n']:,}", f"{rss_ratio:.3f}",
                  "<= 1.2"])
     rows.append(["top-k", f"k={tk['k']:,} of {tk['n']:,}", f"{tk['seconds']:.2f} s", "", "< 2 s"])
-    write("scoring", {"throughput": tp, "rss": {"small": small, "large": large, "ratio": rss_ratio},
-                      "topk": tk},
-          ["measure", "baseline", "measured", "ratio", "target"], rows)
+    result = {"throughput": tp, "rss": {"small": small, "large": large, "ratio": rss_ratio},
+              "topk": tk}
+    write("scoring", result, ["measure", "baseline", "measured", "ratio", "target"], rows, out=out)
+    return result
 
 
 if __name__ == "__main__":

@@ -144,13 +144,16 @@ def _wait_for(path, proc, timeout=120):
 
 def test_sigterm_on_one_rank_stops_all_ranks_with_a_checkpoint(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
+    # record_epoch_probs: its per-epoch file tells the test that training is under way, and the
+    # interrupted epoch's record must come out whole after the resume.
     args = loop_args(synthetic_dataset, run_dir, **{"train.epochs": 40, "al.cycles": 1,
-                                                    "train.checkpoint_every": 0})
+                                                    "train.checkpoint_every": 0,
+                                                    "train.record_epoch_probs": True})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "tidal_dist", "run", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=cpu_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank1.npy", proc)
+    _wait_for(run_dir / "work" / "cycle_0000" / "td" / "epochs" / "probs_e0000.npy", proc)
     time.sleep(1.0)
     os.kill(_worker_pid(proc, "1"), signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -166,16 +169,23 @@ def test_sigterm_on_one_rank_stops_all_ranks_with_a_checkpoint(synthetic_dataset
     assert f"resuming at epoch {meta['epoch'] + 1}, step {meta['step']}" in resumed.stderr
     td = run_dir / "cycles" / "cycle_0000" / "td"
     assert (np.load(td / "count.npy") == 40).all()  # no visit lost or doubled across the stop
+    epochs = sorted((td / "epochs").glob("probs_e*.npy"))
+    assert len(epochs) == 40
+    total = sum(np.load(e).astype(np.float64) for e in epochs)
+    np.testing.assert_allclose(total, np.load(td / "sum.npy"), rtol=1e-4, atol=1e-5)
+    stopped = np.load(td / "epochs" / f"probs_e{meta['epoch']:04d}.npy")
+    np.testing.assert_allclose(stopped.sum(1), 1.0, rtol=1e-5)  # every id of the stopped epoch
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_plain_process_exits_with_the_requeue_code(synthetic_dataset, tmp_path, signum):
     run_dir = tmp_path / "run"
     args = loop_args(synthetic_dataset, run_dir, **{"train.epochs": 40, "al.cycles": 1,
-                                                    "data.num_workers": 0})
+                                                    "data.num_workers": 0,
+                                                    "train.record_epoch_probs": True})
     proc = subprocess.Popen([sys.executable, "-m", "tidal_dist", "run", *args], cwd=REPO,
                             env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank0.npy", proc)
+    _wait_for(run_dir / "work" / "cycle_0000" / "td" / "epochs" / "probs_e0000.npy", proc)
     time.sleep(0.5)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
@@ -218,6 +228,14 @@ def test_only_rank_0_writes_shared_files(synthetic_dataset, tmp_path):
     assert rank0["rc"] == rank1["rc"] == 0
     assert any(p.endswith("metrics.json") or ".metrics.json." in p for p in rank0["foreign_writes"])
     assert rank1["foreign_writes"] == [], "rank 1 wrote shared files"
+    # The TD gather is collective, in memory: while training, rank 1 opens no file in the run
+    # dir (its RNG state in each checkpoint goes through torch.save's C++ writer, which the
+    # audit does not see; its name carries the rank); its only files are its scoring parts.
+    # Rank 0 writes TD files only at checkpoints and the cycle's end, never per-epoch visits.
+    assert rank1["all_writes"], "the audit saw no write at all"
+    training = [p for p in rank1["all_writes"] if "/scores/score_" not in p]
+    assert training == [], training
+    assert not [p for p in rank0["all_writes"] if "visit" in os.path.basename(p)]
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

@@ -23,53 +23,70 @@ def settings(root, **extra):
     return [f"{k}={v}" for k, v in base.items()]
 
 
+# (world size, loader workers, training data path): the loader path with 0, 2 and 1 workers per
+# rank, and the device-resident path with 1 and 2 processes.
+STANDIN_RUNS = ((1, 0, "loader"), (2, 2, "loader"), (3, 1, "loader"), (1, 0, "device"),
+                (2, 1, "device"))
+
+
 @pytest.fixture(scope="module")
 def standin_runs(synthetic_dataset, tmp_path_factory):
     """The same lr=0 stand-in trained with 1, 2 and 3 processes (61 labeled: no world size
-    divides), with 0, 2 and 1 loader workers per rank."""
+    divides), on both training data paths."""
     runs = {}
-    for world, workers in ((1, 0), (2, 2), (3, 1)):
-        out = tmp_path_factory.mktemp(f"standin{world}")
+    for world, workers, path in STANDIN_RUNS:
+        out = tmp_path_factory.mktemp(f"standin{world}{path}")
         args = settings(synthetic_dataset, **{"train.lr": 0.0, "train.momentum": 0.0,
                                               "train.weight_decay": 0.0,
-                                              "data.num_workers": workers})
+                                              "data.num_workers": workers,
+                                              "train.data_path": path})
         proc = torchrun(world, [WORKER, str(out), "standin", *args])
         assert proc.returncode == 0, tail(proc)
-        runs[world] = out
+        assert f"training data: {path} path" in proc.stderr, tail(proc)
+        runs[world, path] = out
     return runs
 
 
-def test_td_buffers_identical_for_1_2_3_processes(standin_runs, synthetic_dataset):
-    from tidal_dist.data.manifest import load_manifest
+def test_td_buffers_identical_for_1_2_3_processes_and_both_data_paths(standin_runs,
+                                                                       synthetic_dataset):
+    from tidal_dist.data.manifest import load_labels, load_manifest
     from tidal_dist.data.readers import RandomAccessReader
     from tidal_dist.data.transforms import build_transform
     from tests.standins import LinearTiDAL
 
-    bufs = {w: TDBuffer(out / "work" / "td") for w, out in standin_runs.items()}
-    ids = bufs[1].ids
+    bufs = {key: TDBuffer(out / "work" / "td") for key, out in standin_runs.items()}
+    ids = bufs[1, "loader"].ids
     assert len(ids) == 61
-    for w, buf in bufs.items():
-        result = json.loads((standin_runs[w] / "result.json").read_text())
+    for (w, path), buf in bufs.items():
+        result = json.loads((standin_runs[w, path] / "result.json").read_text())
         assert result["world_size"] == w
         assert result["samples"] == [61] * EPOCHS  # padding never counted as a sample
         np.testing.assert_array_equal(buf.ids, ids)
-        assert buf.count.tolist() == [EPOCHS] * 61, f"world {w}: every count = number of epochs"
-        np.testing.assert_allclose(buf.sum, bufs[1].sum, rtol=1e-5, atol=1e-6)
-    # The numbers, not only their agreement: sum = EPOCHS x softmax of the fixed stand-in.
+        assert buf.count.tolist() == [EPOCHS] * 61, f"{w} {path}: every count = number of epochs"
+        np.testing.assert_allclose(buf.sum, bufs[1, "loader"].sum, rtol=1e-5, atol=1e-6)
+    # The numbers, not only their agreement: sum = EPOCHS x softmax of the fixed stand-in, and
+    # the data-map statistics are the direct computation from it.
     manifest = load_manifest(synthetic_dataset)
     reader = RandomAccessReader(synthetic_dataset, "pool", build_transform("none", manifest, train=False))
     model = LinearTiDAL(64, manifest.num_classes)
     x = torch.stack([reader[int(i)][1] for i in ids])
     with torch.no_grad():
-        p = torch.softmax(model(x)["logits"], dim=1).numpy()
-    np.testing.assert_allclose(bufs[2].sum, EPOCHS * p, rtol=1e-4, atol=1e-6)
+        p = torch.softmax(model(x)["logits"], dim=1).double().numpy()
+    gold_label = load_labels(synthetic_dataset, "pool")[ids]
+    gold = p[np.arange(len(ids)), gold_label]
+    stats = EPOCHS * np.stack([gold, gold ** 2, p.argmax(1) == gold_label], axis=1)
+    for key, buf in bufs.items():
+        np.testing.assert_allclose(buf.sum, EPOCHS * p, rtol=1e-4, atol=1e-6, err_msg=str(key))
+        assert buf.stats.dtype == np.float64 and buf.stats.shape == (61, 3)
+        np.testing.assert_allclose(buf.stats, stats, rtol=1e-4, atol=1e-6, err_msg=str(key))
 
 
 def test_evaluation_counts_every_test_sample_once_for_1_2_3(standin_runs, synthetic_dataset):
     from tidal_dist.data.manifest import load_manifest
 
     n_test = load_manifest(synthetic_dataset).split("test").num_samples
-    evals = {w: json.loads((out / "result.json").read_text())["eval"] for w, out in standin_runs.items()}
+    evals = {key: json.loads((out / "result.json").read_text())["eval"]
+             for key, out in standin_runs.items()}
     for w, ev in evals.items():
         assert ev["num_samples"] == n_test
     assert len({ev["correct"] for ev in evals.values()}) == 1  # same weights -> same count

@@ -2,7 +2,8 @@
 
 Layout, inside a cycle's work folder:
     ckpt/latest                 text: the name of the newest complete checkpoint
-    ckpt/e0004_s0000/           train_state.pt (rank 0), rng.rank{R}.pt (each rank), td/ snapshot,
+    ckpt/e0004_s0000/           train_state.pt (rank 0), rng.rank{R}.pt (each rank), td/ snapshot
+                                (gathered from every rank's device rows, written by rank 0),
                                 meta.json (epoch, step, partial-epoch sums)
 
 A checkpoint folder is written under a `.partial` name and renamed when complete, and `latest` is
@@ -27,7 +28,6 @@ import torch
 
 from tidal_dist.errors import UserError
 from tidal_dist.fsutil import atomic_write_json, atomic_write_text, fsync_dir
-from tidal_dist.td_buffer import TDBuffer
 
 
 def rng_state() -> dict:
@@ -82,9 +82,10 @@ def latest(ckpt_root: Path) -> Path | None:
     return path if (path / "meta.json").exists() else None
 
 
-def save(acc, model, optimizer, scheduler, td_dir: Path, ckpt_root: Path, epoch: int, step: int,
+def save(acc, model, optimizer, scheduler, td, ckpt_root: Path, epoch: int, step: int,
          sums: torch.Tensor) -> None:
-    """Collective: every rank calls it at the same step boundary (after the TD fold)."""
+    """Collective: every rank calls it at the same step boundary. `td` (td_state.DeviceTD) is
+    gathered into the checkpoint's td/ folder by rank 0."""
     name = f"e{epoch:04d}_s{step:06d}"
     tmp = ckpt_root / f".{name}.partial"
     if acc.is_main_process:
@@ -95,12 +96,12 @@ def save(acc, model, optimizer, scheduler, td_dir: Path, ckpt_root: Path, epoch:
     zero = _zero_optimizer(model)
     if zero is not None:
         _save_zero_partition(zero, tmp / f"optim.rank{acc.process_index}.pt")
+    td.save(tmp / "td")
     acc.wait_for_everyone()
     if acc.is_main_process:
         torch.save({"model": acc.unwrap_model(model).state_dict(),
                     "optimizer": optimizer.state_dict() if zero is None else None,
                     "scheduler": scheduler.state_dict()}, tmp / "train_state.pt")
-        TDBuffer(td_dir).copy_to(tmp / "td")
         atomic_write_json(tmp / "meta.json", {"epoch": epoch, "step": step,
                                               "world_size": acc.num_processes,
                                               "sums": sums.cpu().tolist()})
@@ -115,8 +116,9 @@ def save(acc, model, optimizer, scheduler, td_dir: Path, ckpt_root: Path, epoch:
     acc.wait_for_everyone()
 
 
-def load(acc, model, optimizer, scheduler, td_dir: Path, path: Path) -> dict:
-    """Collective: restore everything saved by `save`; returns meta (epoch, step, sums)."""
+def load(acc, model, optimizer, scheduler, path: Path) -> dict:
+    """Collective: restore everything saved by `save` except the TD rows (the caller loads them
+    from path / "td" into its layout); returns meta (epoch, step, sums)."""
     meta = json.loads((path / "meta.json").read_text())
     if meta["step"] > 0 and meta["world_size"] != acc.num_processes:
         # Which samples the interrupted epoch still owes depends on how it was split.
@@ -141,7 +143,5 @@ def load(acc, model, optimizer, scheduler, td_dir: Path, path: Path) -> dict:
         _load_zero_partition(zero, path / f"optim.rank{acc.process_index}.pt", acc.num_processes)
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
-    if acc.is_main_process:
-        TDBuffer.restore(path / "td", td_dir)
     acc.wait_for_everyone()
     return meta

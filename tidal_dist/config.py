@@ -36,6 +36,9 @@ class DataConfig:
     # http(s):// URL, or a `pipe:` command with {shard} (docs/remote-shards.md).
     shard_url: str | None = None
     cache_dir: str | None = None  # per-node copies of remote shards; None: $TMPDIR/tidal_dist_cache-UID
+    # eval/scoring decode: pil in loader workers, or tensor (torchvision.io, batched on the GPU
+    # when there is one); auto: tensor on a GPU for image folders (data/tensor_decode.py)
+    decode: Literal["auto", "pil", "tensor"] = "auto"
 
 
 @dataclass
@@ -73,6 +76,12 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on for GPU, off for CPU
     eval_batch_size: int = 256
     checkpoint_every: int = 10  # epochs between mid-cycle checkpoints (0: only at cycle end)
+    # auto: the labeled set decoded once into device memory when it fits the budget and the
+    # train transform allows (data/train_batches.py); loader: decode per visit in loader workers
+    data_path: Literal["auto", "loader", "device"] = "auto"
+    device_data_budget_mb: int = 4096  # per process, for the decoded uint8 labeled set
+    compile: bool = False  # torch.compile the training forward
+    record_epoch_probs: bool = False  # td/epochs/probs_eXXXX.npy [N, C] per epoch (data maps)
     timeout_s: int = 300  # process-group timeout: a dead rank ends the job within this bound
 
 
@@ -127,8 +136,8 @@ class Config:
 # Keys that may change between invocations on the same run directory without making it "another
 # config": they affect speed or how far the run goes, not what the finished cycles mean.
 MUTABLE_KEYS = frozenset(
-    {"data.num_workers", "data.verify_shards", "data.shard_url", "data.cache_dir", "al.cycles",
-     "run.log_every", "train.timeout_s", "train.checkpoint_every", "run.trackers"}
+    {"data.num_workers", "data.verify_shards", "data.shard_url", "data.cache_dir", "data.decode",
+     "al.cycles", "run.log_every", "train.timeout_s", "train.checkpoint_every", "run.trackers"}
 )
 
 
@@ -282,6 +291,7 @@ def validate(cfg: Config) -> None:
     need(cfg.al.mc_passes >= 1, "al.mc_passes", "must be >= 1")
     need(0 <= cfg.al.mc_dropout < 1, "al.mc_dropout", "a probability in [0, 1)")
     need(cfg.al.cluster_factor >= 1, "al.cluster_factor", "must be >= 1")
+    need(cfg.train.device_data_budget_mb >= 0, "train.device_data_budget_mb", "must be >= 0")
     need(all(0 < f <= 1 for f in cfg.train.lr_decay_at), "train.lr_decay_at",
          "fractions of train.epochs in (0, 1]")
     need(cfg.al.initial >= 1, "al.initial", "must be >= 1")

@@ -4,7 +4,7 @@ Run directory:
     config.yaml                  the resolved config (a run dir refuses a different one)
     cycles/cycle_0003/           committed cycle: labeled.npz (ids, labels trained on),
                                  queried.npz (ids, uncertainty, reported score), metrics.json,
-                                 td/ (ids, sum, count), model.pt
+                                 td/ (ids, sum, count, stats), model.pt
     work/cycle_0004/             the cycle in progress: td/, ckpt/, trained/, scores/
     queries/cycle_K.csv          file oracle: what to label;  labels/cycle_K.csv: the answers
     results.json, results.md, results.png   the summary and the accuracy curve, after every cycle
@@ -215,7 +215,7 @@ def commit_cycle(run_dir: Path, work: Path, k: int, ids: np.ndarray, labels: np.
     faults.maybe_crash("during_commit", k)
     metrics["seconds"]["commit"] = time.time() - t0
     atomic_write_json(tmp / "metrics.json", metrics)
-    for name in ("td/ids.npy", "td/sum.npy", "td/count.npy", "model.pt"):
+    for name in ("td/ids.npy", "td/sum.npy", "td/count.npy", "td/stats.npy", "model.pt"):
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
     fsync_dir(tmp)

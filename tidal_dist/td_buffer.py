@@ -6,22 +6,25 @@ updates it as (p̄·e + p)/(e+1) at epoch e; we keep a float32 `sum` and an int3
 which gives the same value when every sample is visited once per epoch and stays right when it
 is not: target = (sum + p) / (count + 1).
 
-Files, in one folder per cycle (`td/`):
-    ids.npy        int64 [N]       the labeled ids, ascending: row r belongs to ids[r]
-    sum.npy        float32 [N, C]  Σ of recorded softmax vectors
-    count.npy      int32 [N]       number of recorded visits
-    visits.rank{R}.npy / visit_ids.rank{R}.npy   what rank R saw since the last fold
+Files, in one folder per cycle (`td/`), the committed state:
+    ids.npy        int64 [N]         the labeled ids, ascending: row r belongs to ids[r]
+    sum.npy        float32 [N, C]    Σ of recorded softmax vectors
+    count.npy      int32 [N]         number of recorded visits
+    stats.npy      float64 [N, 3]    data-map statistics (Swayamdipta et al., EMNLP 2020,
+                                     "Dataset Cartography"): Σ p_gold, Σ p_gold², number of
+                                     visits whose argmax was the gold label (STATS_COLUMNS)
 
-Only rank 0 writes ids/sum/count; rank R writes only its own visit files. Every rank reads sum and
-count (through the page cache) to build its loss targets. Folding happens at flush points (the end
-of each epoch), between two barriers, so the state every rank reads is stable within an epoch.
-See docs/td-gathering.md for why this scheme rather than a per-step all-gather.
+During training the live state is on the device, one row per visit position of the epoch
+(td_state.py); rank 0 writes these files at the end of the cycle and at checkpoints. VisitRecorder
+and fold_visit_files are the earlier file-based gather (every rank writes its visits, rank 0
+folds them): kept as the baseline of benchmarks/td_gather.py. See docs/td-gathering.md.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,8 @@ import torch
 
 from tidal_dist.errors import UserError
 
-_FILES = ("ids.npy", "sum.npy", "count.npy")
+_FILES = ("ids.npy", "sum.npy", "count.npy", "stats.npy")
+STATS_COLUMNS = ("sum_gold", "sum_gold_sq", "correct")
 
 
 def _open(path: Path, mode: str) -> np.ndarray:
@@ -48,6 +52,7 @@ class TDBuffer:
         self.ids = np.load(self.folder / "ids.npy")
         self.sum = _open(self.folder / "sum.npy", mode)
         self.count = _open(self.folder / "count.npy", mode)
+        self.stats = _open(self.folder / "stats.npy", mode)
         self.writable = writable
 
     @property
@@ -56,20 +61,9 @@ class TDBuffer:
 
     @staticmethod
     def create(folder: str | os.PathLike, ids: np.ndarray, num_classes: int) -> "TDBuffer":
-        """Rank 0 only: zeroed buffers for `ids` (reset at the start of every cycle)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        """Rank 0 only: zeroed buffers for `ids`."""
         ids = np.unique(np.asarray(ids, dtype=np.int64))
-        # Written under temporary names and renamed, ids.npy last: a folder with ids.npy is complete.
-        for name, shape, dtype in (("sum.npy", (len(ids), num_classes), np.float32),
-                                   ("count.npy", (len(ids),), np.int32)):
-            tmp = folder / f".{name}.tmp"
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-            arr.flush()
-            del arr
-            os.replace(tmp, folder / name)
-        np.save(folder / ".ids.tmp.npy", ids)
-        os.replace(folder / ".ids.tmp.npy", folder / "ids.npy")
+        write_buffers(folder, ids, num_classes, lambda arrays: None)
         return TDBuffer(folder, writable=True)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
@@ -99,6 +93,7 @@ class TDBuffer:
     def flush(self) -> None:
         self.sum.flush()
         self.count.flush()
+        self.stats.flush()
 
     def mean(self) -> np.ndarray:
         """p̄ for every row (zeros for a row never visited)."""
@@ -122,6 +117,32 @@ class TDBuffer:
             tmp = folder / f".{name}.restore"
             shutil.copyfile(Path(snapshot) / name, tmp)
             os.replace(tmp, folder / name)
+
+
+def write_buffers(folder: str | os.PathLike, ids: np.ndarray, num_classes: int,
+                  fill: Callable[[dict[str, np.ndarray]], None]) -> None:
+    """Rank 0: write ids/sum/count/stats for `ids` (ascending, unique), `fill` setting the values
+    of the zeroed memmaps {"sum", "count", "stats"} (rows aligned with the sorted ids). Written
+    under temporary names and renamed, ids.npy last: a folder with ids.npy is complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        raise ValueError("TD buffer ids must be ascending and unique")
+    specs = {"sum": ((len(ids), num_classes), np.float32), "count": ((len(ids),), np.int32),
+             "stats": ((len(ids), len(STATS_COLUMNS)), np.float64)}
+    arrays = {name: np.lib.format.open_memmap(folder / f".{name}.npy.tmp", mode="w+", dtype=dtype,
+                                              shape=shape)
+              for name, (shape, dtype) in specs.items()}
+    fill(arrays)
+    for name, arr in arrays.items():
+        arr.flush()
+        del arr
+    arrays.clear()
+    for name in specs:
+        os.replace(folder / f".{name}.npy.tmp", folder / f"{name}.npy")
+    np.save(folder / ".ids.tmp.npy", ids)
+    os.replace(folder / ".ids.tmp.npy", folder / "ids.npy")
 
 
 class VisitRecorder:

@@ -6,13 +6,15 @@ in the TD buffers. Each step:
 
     out    = model(x, **objective.detach(epoch))       # logits, embedding, td_logits, ...
     p      = softmax(out["logits"]).detach()           # this visit's TD sample
-    target = (sum[id] + p) / (count[id] + 1)           # running mean incl. this visit
+    target = (sum[j] + p) / (count[j] + 1)             # running mean incl. this visit (position j)
     loss   = objective.loss(out, batch)                # ce | tidal | lloss (tidal_dist/objectives/)
 
-and the rank records (id, p) when the network has a TD module. At the end of the epoch rank 0 folds
-every rank's records into the memory-mapped buffers (td_buffer.py). Model and optimizer go through
-accelerator.prepare; the data loaders do not (we split the data ourselves, exactly once, see
-docs/td-gathering.md).
+and, when the network has a TD module, the rank adds p to its device-resident rows
+(td_state.DeviceTD). At the end of the epoch one all_to_all moves the rows to the ranks that visit
+them next; at the end of the cycle rank 0 writes the memory-mapped buffers (td_buffer.py,
+docs/td-gathering.md). Batches come from the loader path or the device-resident path
+(data/train_batches.py). Model and optimizer go through accelerator.prepare; the data does not (we
+split it ourselves, exactly once).
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from tidal_dist.config import Config
-from tidal_dist.data.readers import LabeledDataset, VisitSampler, epoch_assignment
+from tidal_dist.data.readers import epoch_assignment
+from tidal_dist.data.train_batches import build_batches
 from tidal_dist.objectives import StepBatch
 from tidal_dist.runtime import per_rank_batch
 from tidal_dist.session import Session, build_session
-from tidal_dist.td_buffer import TDBuffer, VisitRecorder, fold_visit_files
+from tidal_dist.td_state import DeviceTD, EpochLayout, NoTD, check_epoch_probs_size
 from tidal_dist.telemetry import progress
 
 log = logging.getLogger("tidal_dist")
@@ -84,81 +86,66 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     labeled_ids = np.asarray(labeled_ids, dtype=np.int64)[order]
     labels = np.asarray(labels, dtype=np.int64)[order]
     td_dir, ckpt_root = work_dir / "td", work_dir / "ckpt"
-    records_td = session.records_td
+    if cfg.train.record_epoch_probs:
+        check_epoch_probs_size(len(labeled_ids), session.num_classes, cfg.train.epochs)
     part_names = objective.part_names(cfg.train)
     start = time.time()
 
     acc.free_memory()  # drop the previous cycle's wrapped model / optimizer / engine
     optimizer, scheduler = build_optimizer(cfg, session.model)
     model, optimizer = acc.prepare(session.model, optimizer)
+    forward = torch.compile(model) if cfg.train.compile else model
     resume = checkpoint.latest(ckpt_root)
-    if resume is None and acc.is_main_process:
-        # Reset at every cycle start; without a TD module the empty buffers keep the layout.
-        TDBuffer.create(td_dir, labeled_ids if records_td else labeled_ids[:0], session.num_classes)
-    acc.wait_for_everyone()
     start_epoch, start_step = 0, 0
     # Per epoch: loss, each objective term, number of valid rows (sums over this rank's rows).
     sums = torch.zeros(len(part_names) + 2, dtype=torch.float64, device=acc.device)
     if resume is not None:
-        meta = checkpoint.load(acc, model, optimizer, scheduler, td_dir, resume)
+        meta = checkpoint.load(acc, model, optimizer, scheduler, resume)
         start_epoch, start_step = meta["epoch"], meta["step"]
         sums = torch.tensor(meta["sums"], dtype=torch.float64, device=acc.device)
         if acc.is_main_process:
             log.info("cycle %d: resuming at epoch %d, step %d from %s", cycle, start_epoch + 1,
                      start_step, resume)
-    writer = TDBuffer(td_dir, writable=True) if acc.is_main_process and records_td else None
-    recorder = VisitRecorder(td_dir, rank, math.ceil(len(labeled_ids) / world) if records_td else 0,
-                             session.num_classes)
-
-    def fold() -> None:
-        # Every rank's records are on disk before rank 0 reads them, and rank 0 has finished
-        # before anyone reads the buffers again.
-        recorder.flush()
-        acc.wait_for_everyone()
-        if writer is not None:
-            fold_visit_files(writer, td_dir, world)
-        acc.wait_for_everyone()
-        recorder.reset()
-
     batch = per_rank_batch(cfg.train.batch_size, world)
-    # One loader for the whole cycle: persistent workers keep their open shards across epochs;
-    # the sampler hands them each epoch's keys.
-    sampler = VisitSampler()
-    workers = cfg.data.num_workers
-    loader = DataLoader(LabeledDataset(session.reader(), labeled_ids), batch_size=batch,
-                        sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                        pin_memory=torch.cuda.is_available())
+    seed = epoch_seed(cfg, cycle)
+    if session.records_td:
+        td = DeviceTD(labeled_ids, session.num_classes,
+                      EpochLayout(len(labeled_ids), start_epoch, seed, world, batch), rank,
+                      acc.device, record_epoch_probs=cfg.train.record_epoch_probs)
+    else:
+        td = NoTD(session.num_classes, rank)
+    if resume is not None:
+        td.load(resume / "td")
+    batches = build_batches(session, labeled_ids, batch, announce=acc.is_main_process)
     result = CycleResult(engine=type(model).__name__)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
         skip = start_step if epoch == start_epoch else 0
-        buffer = TDBuffer(td_dir)  # re-opened each epoch: rank 0 may have replaced the files
-        rank_ids, valid = epoch_assignment(labeled_ids, epoch, epoch_seed(cfg, cycle), rank, world,
-                                           batch_size=batch)
-        sampler.set_epoch(rank_ids[skip * batch:], valid[skip * batch:], epoch_seed(cfg, cycle), epoch)
+        rank_ids, valid = epoch_assignment(labeled_ids, epoch, seed, rank, world, batch_size=batch)
+        # Labels (the AL state's, not the shards') and the valid mask: on the device, once an epoch.
+        y_epoch = torch.from_numpy(labels[np.searchsorted(labeled_ids, rank_ids)]).to(acc.device)
+        v_epoch = torch.from_numpy(valid).to(acc.device)
         detach = objective.detach(epoch, cfg.train)
         model.train()
-        bar = progress(loader, desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
+        bar = progress(batches.epoch(rank_ids, valid, seed, epoch, skip, model),
+                       total=len(rank_ids) // batch - skip,
+                       desc=f"cycle {cycle} epoch {epoch + 1}/{cfg.train.epochs}",
                        unit="batches", enabled=acc.is_main_process)
-        for step, (ids, x, _, v) in enumerate(bar, start=skip):
-            ids_np, v_np = ids.numpy(), v.numpy().astype(bool)
-            # Labels come from the AL state (the oracle's answers), not from the shards.
-            y = torch.from_numpy(labels[np.searchsorted(labeled_ids, ids_np)]).to(acc.device)
-            x, v_dev = session.to_device(x, model), v.to(acc.device)
+        for step, x in enumerate(bar, start=skip):
+            lo = step * batch
+            y, v_dev = y_epoch[lo:lo + batch], v_epoch[lo:lo + batch]
             with acc.autocast():
-                out = model(x, **detach)
+                out = forward(x, **detach)
             out = {name: value.float() for name, value in out.items()}
             probs = F.softmax(out["logits"].detach(), dim=1)
-            # Padding rows repeat real ids, so every row has a target; the loss masks them out.
-            # No boolean indexing on the device: it would force a host sync per step.
-            target = buffer.targets(ids_np, probs) if records_td else None
+            # Padding rows have zero TD rows, so every row has a finite target; the loss masks them.
+            target = td.targets(lo, probs)
             rows = global_rows(len(labeled_ids), step, batch, world)
             total, parts = objective.loss(out, StepBatch(y, v_dev, target, rows), cfg.train, epoch)
             acc.backward(total)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if records_td:
-                recorder.record(ids_np[v_np], probs.cpu().numpy()[v_np])
+            td.record(lo, probs, y, v_dev)
             faults.maybe_crash_in_epoch(epoch, step)
             sums += torch.stack([total.detach() * rows, *(parts[p].detach() * rows for p in part_names),
                                  v_dev.sum()]).double()
@@ -170,14 +157,15 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                     loss=total.item(), **{p: parts[p].item() for p in part_names})
                 bar.set_postfix(loss=f"{total.item():.3f}")
             if preemption.agreed(acc.device):
-                fold()
-                checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch, step + 1,
-                                sums)
+                checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch, step + 1, sums)
                 raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
         bar.close()
         lr = scheduler.get_last_lr()[0]  # the rate this epoch trained with
         scheduler.step()
-        fold()
+        if cfg.train.record_epoch_probs:
+            td.write_epoch_probs(td_dir / "epochs" / f"probs_e{epoch:04d}.npy")
+        if epoch + 1 < cfg.train.epochs:
+            td.advance()
 
         total_sums = acc.reduce(sums.clone(), reduction="sum").tolist()
         n = max(total_sums[-1], 1.0)
@@ -190,7 +178,9 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
             session.telemetry.epoch(cycle, epoch, cfg.train.epochs, lr=lr, **stats.to_dict())
         every = cfg.train.checkpoint_every
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
-            checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums)
+            checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch + 1, 0, sums)
+    td.save(td_dir)  # rank 0 writes the committed buffers, in id order
+    acc.wait_for_everyone()
     sync_buffers(session.model)
     result.seconds = time.time() - start
     return result

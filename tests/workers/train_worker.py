@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the stand-ins
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's own tidal_dist
 
 from tidal_dist.config import load_config  # noqa: E402
 from tidal_dist.data.manifest import load_labels, load_manifest  # noqa: E402

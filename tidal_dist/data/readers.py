@@ -266,11 +266,12 @@ def collate_samples(batch: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, to
             torch.tensor(labels, dtype=torch.long))
 
 
-def stream_loader(dataset: StreamingDataset, batch_size: int, num_workers: int) -> DataLoader:
+def stream_loader(dataset: StreamingDataset, batch_size: int, num_workers: int,
+                  collate: Callable | None = None) -> DataLoader:
     """Batches of (ids, images, labels). Never pass it to accelerator.prepare: Accelerate would
     re-dispatch an iterable dataset from rank 0 and break the exactly-once split."""
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=collate_samples, persistent_workers=False)
+                      collate_fn=collate or collate_samples, persistent_workers=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,12 +286,23 @@ def epoch_assignment(ids: np.ndarray, epoch: int, seed: int, rank: int, world_si
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is outside world size {world_size}")
     ordered = np.sort(np.asarray(ids, dtype=np.int64).ravel())  # the caller's order must not matter
-    permuted = ordered[np.random.default_rng([seed, epoch]).permutation(len(ordered))]
-    chunk = world_size * batch_size
-    total = -(-len(permuted) // chunk) * chunk
+    permuted = ordered[epoch_order(len(ordered), epoch, seed)]
+    total = padded_length(len(permuted), world_size, batch_size)
     padded = np.resize(permuted, total) if len(permuted) else permuted  # np.resize repeats cyclically
     valid = np.arange(total) < len(permuted)
     return padded[rank::world_size], valid[rank::world_size]
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
+    """The epoch's visit order as indices into the sorted labeled ids: entry k of the padded
+    order (k < n) is row epoch_order[k]; rank r visits k = r, r + W, r + 2W, ... in that order."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def padded_length(n: int, world_size: int, batch_size: int = 1) -> int:
+    """Length of the padded order: a multiple of world_size x batch_size (equal full batches)."""
+    chunk = world_size * batch_size
+    return -(-n // chunk) * chunk
 
 
 class LabeledDataset(Dataset):

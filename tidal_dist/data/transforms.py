@@ -76,3 +76,13 @@ def build_transform(kind: str, manifest: Manifest, train: bool, crop_padding: in
         steps += [T.Resize(round(side * 8 / 7)), T.CenterCrop(side)]
     steps += [T.ToTensor(), T.Normalize(manifest.mean, manifest.std)]
     return ImageTransform(manifest.mode, T.Compose(steps))
+
+
+def build_decode(manifest: Manifest, image_size: int | None = None) -> ImageTransform:
+    """bytes -> uint8 [C, H, W] with the `none` kind's resize (when image_size is not native) and
+    no normalisation: what the device-resident training path keeps (data/device_batches.py)."""
+    _target_size("none", manifest, image_size)
+    steps: list = []
+    if image_size is not None and manifest.image_size != (image_size, image_size):
+        steps += [T.Resize(image_size), T.CenterCrop(image_size)]
+    return ImageTransform(manifest.mode, T.Compose([*steps, T.PILToTensor()]))

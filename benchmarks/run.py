@@ -1,0 +1,150 @@
+"""Every benchmark on the machine it runs on, and one summary of the figures against their targets.
+
+    python benchmarks/run.py                 # full sizes (about 25 minutes on 2 CPU cores)
+    python benchmarks/run.py --quick         # tiny sizes, a smoke test (tests/test_benchmarks.py)
+    python benchmarks/run.py --out DIR --only td_gather,scoring
+
+Writes DIR/<name>.json + DIR/<name>.md for each benchmark (default DIR: benchmarks/results) and
+DIR/summary.json + summary.md. Every figure is a ratio against a baseline measured in the same
+run, or a time with its target; each file records the machine (CPU model, cores, GPU name).
+
+| figure | baseline | target |
+|---|---|---|
+| TD overhead | plain CE step, same model and batch (train_step.py) | <= 1.05 CPU, <= 1.03 GPU |
+| training path | in-memory tensor loop, same model (training_path.py) | >= 0.9 |
+| TD gather | today's file fold, same run (td_gather.py); and vs an epoch of steps | >= 10x; < 5% |
+| scoring | bare model(x) over the same loader (scoring.py) | >= 0.9 |
+| peak RSS | scoring 10k candidates (scoring.py) | 1M / 10k <= 1.2 |
+| top-k | - | 10M in < 2 s |
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from benchmarks import readers, scoring, td_gather, train_step, training_path  # noqa: E402
+from benchmarks.common import RESULTS, machine, write  # noqa: E402
+
+FULL = {
+    "train_step": ["--backbones", "small_cnn,resnet18_cifar"],
+    "training_path": ["--n", "4096", "--epochs", "3"],
+    "td_gather": ["--sizes", "100000x1000,20000x8142", "--epochs", "6"],
+    "scoring": [],
+    "readers": [],
+}
+QUICK = {
+    "train_step": ["--backbones", "small_cnn", "--steps", "3", "--batch", "16"],
+    "training_path": ["--n", "192", "--epochs", "2", "--batch", "64", "--workers", "0"],
+    "td_gather": ["--sizes", "1000x20", "--epochs", "2"],
+    "scoring": ["--throughput-n", "600", "--small", "300", "--large", "3000",
+                "--topk-n", "100000"],
+    "readers": ["--source", "synthetic:600,10,8x8,1", "--random-reads", "100"],
+}
+
+
+def figures(res: dict) -> list[dict]:
+    """The summary: one row per figure, with its target and whether it is met."""
+    out = []
+
+    def add(name, value, text, target, ok):
+        out.append({"figure": name, "value": value, "text": text, "target": target, "ok": ok})
+
+    if "train_step" in res:
+        r = res["train_step"]
+        for b in r["results"]:
+            add(f"TD overhead ({b['backbone']}, {b['device']})", b["ratio"],
+                f"TiDAL / CE step = {b['ratio']:.3f} ({b['tidal_step_s'] * 1000:.1f} / "
+                f"{b['plain_step_s'] * 1000:.1f} ms)", f"<= {r['target_ratio_max']}",
+                b["ratio"] <= r["target_ratio_max"])
+    if "training_path" in res:
+        r = res["training_path"]
+        for path, p in r["paths"].items():
+            add(f"training path ({path}, {r['backbone']}, {r['device']})", p["ratio"],
+                f"in-memory loop / path epoch = {p['ratio']:.3f} ({p['img_s']:,.0f} img/s)",
+                ">= 0.9", p["ratio"] >= 0.9)
+    if "td_gather" in res:
+        steps = res.get("train_step", {}).get("results", [])
+        step = max(steps, key=lambda b: b["tidal_step_s"]) if steps else None
+        for g in res["td_gather"]["results"]:
+            size = f"{g['n']:,} x {g['c']:,}, {g['world']} processes"
+            add(f"TD gather vs file fold ({size})", g["boundary_speedup"],
+                f"{g['file']['boundary_s']:.3f} s -> {g['device']['boundary_s']:.4f} s per epoch "
+                f"({g['boundary_speedup']:.1f}x); run-dir writes per epoch "
+                f"{g['file']['run_dir_bytes_written'] / 2**20:,.0f} MiB -> "
+                f"{g['device']['run_dir_bytes_written'] / 2**20:,.0f} MiB",
+                ">= 10x, no run-dir writes",
+                g["boundary_speedup"] >= 10 and g["device"]["run_dir_bytes_written"] == 0)
+            if step is not None:
+                # An epoch of this N on this machine: N / global batch steps of the measured
+                # TiDAL step (the heaviest backbone measured), split over the processes.
+                epoch_s = g["n"] / step["batch"] * step["tidal_step_s"] / g["world"]
+                share = g["device"]["boundary_s"] / epoch_s
+                add(f"TD gather vs epoch ({size}, {step['backbone']} steps)", share,
+                    f"{g['device']['boundary_s']:.4f} s of a {epoch_s:,.1f} s epoch = "
+                    f"{100 * share:.3f}%", "< 5%", share < 0.05)
+    if "scoring" in res:
+        r = res["scoring"]
+        for t in r["throughput"]:
+            add(f"scoring vs bare model(x) ({t['workers']} workers)", t["ratio"],
+                f"{t['score_img_s']:,.0f} / {t['bare_img_s']:,.0f} img/s = {t['ratio']:.3f}",
+                ">= 0.9", t["ratio"] >= 0.9)
+        rss = r["rss"]
+        add("peak RSS scoring large vs small pool", rss["ratio"],
+            f"{rss['large']['peak_rss_kib'] / 1024:,.0f} MiB @ {rss['large']['n']:,} / "
+            f"{rss['small']['peak_rss_kib'] / 1024:,.0f} MiB @ {rss['small']['n']:,} = "
+            f"{rss['ratio']:.3f}", "<= 1.2", rss["ratio"] <= 1.2)
+        tk = r["topk"]
+        add(f"top-k of {tk['n']:,}", tk["seconds"], f"{tk['seconds']:.2f} s", "< 2 s",
+            tk["seconds"] < 2)
+    if "readers" in res:
+        r = res["readers"]
+        add("random-access reads", r["random_reads_per_s"],
+            f"{r['random_reads_per_s']:,.0f} reads/s ({r['source']})", "-", None)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    ap.add_argument("--out", default=None, help=f"results folder (default {RESULTS})")
+    ap.add_argument("--only", default=None, help="comma-separated subset of " + ",".join(FULL))
+    ap.add_argument("--work", default=None, help="scratch folder for generated data")
+    args = ap.parse_args(argv)
+    out = Path(args.out) if args.out else RESULTS
+    sizes = QUICK if args.quick else dict(FULL)
+    if not args.quick and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        sizes["readers"] = ["--source", "synthetic:70000,10,28x28,1"]
+    names = args.only.split(",") if args.only else list(FULL)
+    unknown = set(names) - set(FULL)
+    if unknown:
+        ap.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(FULL)}")
+    work = Path(args.work or tempfile.mkdtemp(prefix="tidal_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    modules = {"train_step": train_step, "training_path": training_path, "td_gather": td_gather,
+               "scoring": scoring, "readers": readers}
+    results, seconds = {}, {}
+    for name in names:
+        extra = [] if name in ("train_step", "readers") else ["--work", str(work / name)]
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        results[name] = modules[name].main(sizes[name] + extra, out=out)
+        seconds[name] = time.perf_counter() - t0
+    rows = figures(results)
+    verdict = {True: "yes", False: "NO", None: ""}
+    write("summary", {"quick": args.quick, "seconds": seconds, "figures": rows},
+          ["figure", "measured", "target", "met"],
+          [[r["figure"], r["text"], r["target"], verdict[r["ok"]]] for r in rows], out=out)
+    return {"machine": machine(), "results": results, "figures": rows}
+
+
+if __name__ == "__main__":
+    main()
