@@ -66,7 +66,7 @@ def test_auto_uses_tensor_decode_only_on_a_gpu_for_image_folders(jpeg_folder, sy
 def test_scoring_with_tensor_decode_gives_the_pil_paths_outputs(jpeg_folder, tmp_path):
     from tidal_dist.config import load_config
     from tidal_dist.inference import predict
-    from tidal_dist.train import build_session
+    from tidal_dist.session import build_session
 
     outputs = {}
     for decode in ("pil", "tensor"):
@@ -75,7 +75,7 @@ def test_scoring_with_tensor_decode_gives_the_pil_paths_outputs(jpeg_folder, tmp
                                  f"data.decode={decode}", "model.backbone=small_cnn",
                                  "model.width=4", f"run.dir={tmp_path}"])
         session = build_session(cfg)
-        rows = [(i, logits) for i, _, logits, _ in predict(session, "pool", 8)]
+        rows = [(i, out["logits"]) for i, _, out in predict(session, "pool", 8)]
         outputs[decode] = (torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows]))
     torch.testing.assert_close(outputs["tensor"][0], outputs["pil"][0], rtol=0, atol=0)
     torch.testing.assert_close(outputs["tensor"][1], outputs["pil"][1], rtol=0.05, atol=0.05)
