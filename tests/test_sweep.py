@@ -139,3 +139,20 @@ def test_runs_share_the_processes_of_a_two_process_launch(protocol, tmp_path):
         np.testing.assert_array_equal(np.load(a / "td/sum.npy"), np.load(b / "td/sum.npy"))
         assert json.loads((a / "metrics.json").read_text())["accuracy"] == \
             json.loads((b / "metrics.json").read_text())["accuracy"]
+
+
+def test_jobs_run_at_once_each_with_its_log(protocol, tmp_path):
+    out = tmp_path / "sw"
+    proc = sweep(protocol, out, "random,tidal_entropy", "0", "--jobs", "2")
+    assert proc.returncode == 0, tail(proc)
+    names = ["random/seed_0", "tidal_entropy/seed_0"]
+    assert [committed(out / name) for name in names] == [2, 2]
+    spans = []
+    for name in names:
+        log = (out / "logs" / f"{name.replace('/', '_')}.log").read_text()
+        assert "2 cycles done" in log
+        records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+        spans.append((records[0]["time"], records[-1]["time"]))
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # the runs overlapped
+    again = sweep(protocol, out, "random,tidal_entropy", "0", "--jobs", "2")
+    assert again.returncode == 0 and again.stdout.count("skipped") == 2

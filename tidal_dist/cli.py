@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep folder: OUT/<strategy>/seed_<seed>/, OUT/sweep.json")
     p.add_argument("--launcher", help="start each run as `LAUNCHER -m tidal_dist run ...`, e.g. "
                    "'torchrun --nproc_per_node 2' (default: run each in the current processes)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each a subprocess with OMP_NUM_THREADS = cores / JOBS and "
+                        "its log in OUT/logs/ (default 1: one after another)")
     p.add_argument("--print", action="store_true", help="only print each run's command")
     p.add_argument("--task", type=int, help="run only run K of OUT/sweep.json (array jobs)")
     p.add_argument("--slurm", action="store_true",

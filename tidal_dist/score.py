@@ -111,18 +111,22 @@ def score_labeled(session, labeled_ids: np.ndarray, out_dir: Path, keeps: frozen
     acc = session.accelerator
     fields = _vector_fields(session, keeps)
     writer = PartWriter(out_dir, "labeled", acc.process_index, _capacity(session, len(labeled_ids)),
-                        fields)
+                        fields) if keeps else None
     td = TDBuffer(td_dir) if td_dir is not None else None
+    if writer is None and td is None:
+        return None, None
     sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # KL module, KL classifier, n
     for ids, _labels, out in predict(session, "pool", session.cfg.al.score_batch_size,
                                      ids=labeled_ids):
-        writer.append({"ids": ids.numpy(), **{name: out[name].cpu().numpy() for name in keeps}})
+        if writer is not None:
+            writer.append({"ids": ids.numpy(), **{name: out[name].cpu().numpy() for name in keeps}})
         if td is not None and "td_logits" in out:
             rows = td.rows(ids.numpy())
             actual = torch.from_numpy(np.asarray(td.sum[rows]) /
                                       np.maximum(np.asarray(td.count[rows]), 1)[:, None])
             sums += module_kl_sums(actual.to(acc.device), out["td_logits"], out["logits"])
-    writer.close()
+    if writer is not None:
+        writer.close()
     sums = acc.reduce(sums, reduction="sum")
     analysis = None
     if td is not None and sums[2] > 0:

@@ -49,10 +49,12 @@ def sweep_main(args: argparse.Namespace) -> int:
                       f" array job script {path}\n{line}", flush=True)
             return 0
         indices = list(range(len(sweep.runs)))
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: expected 1 or more runs at once")
     try:
-        return execute.execute(sweep, indices, launcher)
+        return execute.execute(sweep, indices, launcher, args.jobs)
     finally:
-        if not launcher:
+        if not launcher and args.jobs == 1:
             execute.finish_processes()
 
 

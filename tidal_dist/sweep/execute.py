@@ -5,10 +5,14 @@ torchrun / `accelerate launch`) runs each run in turn, as `tidal-dist run` would
 process group between runs. With a launcher ("torchrun --nproc_per_node 2", "python", ...) each run
 is a subprocess `LAUNCHER -m tidal_dist run ...`.
 
+With --jobs N (N > 1) up to N runs go at once, each a subprocess (`python -m tidal_dist run ...`
+unless a launcher is given) with OMP_NUM_THREADS = cores / N and its output in OUT/logs/; the way
+to fill a many-core machine with runs too small to use it alone.
+
 A run whose al.cycles are all committed is skipped; an unfinished one resumes (that is what
 `tidal-dist run` does on an existing run folder). The sweep stops at the first run that does not
-finish, with that run's exit code: 75 preempted (run the same command again), 3 waiting for labels,
-2 bad input, anything else a failure.
+finish (in parallel: starts no new run, lets the others finish), with that run's exit code: 75
+preempted (run the same command again), 3 waiting for labels, 2 bad input, anything else a failure.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 
 from tidal_dist.distributed import rank, world_size
 from tidal_dist.errors import UserError
@@ -41,10 +46,13 @@ def command(run: PlannedRun, launcher: str | None) -> list[str]:
     return ["tidal-dist", *run.args]
 
 
-def execute(sweep: Sweep, indices: list[int], launcher: str | None) -> int:
-    if launcher and world_size() > 1:
-        raise UserError("--launcher starts each run's processes itself: run `tidal-dist sweep` "
-                        "as one plain process, or drop --launcher to use the current processes")
+def execute(sweep: Sweep, indices: list[int], launcher: str | None, jobs: int = 1) -> int:
+    if (launcher or jobs > 1) and world_size() > 1:
+        raise UserError("--launcher and --jobs start each run's processes themselves: run "
+                        "`tidal-dist sweep` as one plain process, or drop them to use the current "
+                        "processes")
+    if jobs > 1:
+        return execute_parallel(sweep, indices, launcher or "python", jobs)
     total = len(indices)
     ran = 0
     for n, i in enumerate(indices, start=1):
@@ -103,6 +111,74 @@ def run_subprocess(sweep: Sweep, run: PlannedRun, launcher: str) -> int:
     if rc != 0 and any(s in (signal.SIGTERM, signal.SIGUSR1) for s in received):
         return EXIT_PREEMPTED
     return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
+
+
+def execute_parallel(sweep: Sweep, indices: list[int], launcher: str, jobs: int) -> int:
+    """Up to `jobs` runs at once, each `LAUNCHER -m tidal_dist run ...` in its own process group,
+    output to OUT/logs/<strategy>_seed<seed>.log. Signals to the sweep go to every running run."""
+    todo = []
+    for i in indices:
+        done, cycles = run_progress(sweep, sweep.runs[i])
+        if done >= cycles:
+            say(f"{sweep.runs[i].name}: finished ({done}/{cycles} cycles), skipped")
+        else:
+            todo.append(i)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+    (sweep.out / "logs").mkdir(parents=True, exist_ok=True)
+    running: dict[subprocess.Popen, PlannedRun] = {}
+    received: list[int] = []
+
+    def forward(signum, frame):  # noqa: ARG001
+        received.append(signum)
+        for child in running:
+            try:
+                os.killpg(child.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    sigs = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    previous = {s: signal.signal(s, forward) for s in sigs}
+    first_failure = 0
+    try:
+        while todo or running:
+            while todo and len(running) < jobs and not first_failure and not received:
+                run = sweep.runs[todo.pop(0)]
+                cmd = command(run, launcher)
+                if cmd[0] == "python":
+                    cmd[0] = sys.executable
+                log_path = sweep.out / "logs" / f"{run.name.replace('/', '_')}.log"
+                with open(log_path, "ab") as log_file:
+                    try:
+                        child = subprocess.Popen(cmd, cwd=sweep.cwd, env=env, stdout=log_file,
+                                                 stderr=subprocess.STDOUT, start_new_session=True)
+                    except FileNotFoundError:
+                        raise UserError(f"--launcher: cannot start '{cmd[0]}' (not found on "
+                                        f"PATH)") from None
+                running[child] = run
+                say(f"{run.name}: started in {sweep.run_dir(run)} (log {log_path})")
+            if not todo or len(running) >= jobs or first_failure or received:
+                time.sleep(0.5)
+            for child in [c for c in running if c.poll() is not None]:
+                run, rc = running.pop(child), child.returncode
+                if rc == 0:
+                    say(f"{run.name}: finished")
+                    continue
+                rc = rc if rc >= 0 else 128 - rc
+                say(f"{run.name} stopped with exit code {rc}; no new run starts (run the same "
+                    f"command again to continue)")
+                first_failure = first_failure or rc
+            if received and not running:
+                break
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received and any(s in (signal.SIGTERM, signal.SIGUSR1) for s in received):
+        return EXIT_PREEMPTED
+    if not first_failure:
+        say(f"{len(indices)} run(s) finished in {sweep.out}; compare them with "
+            f"`tidal-dist report {sweep.out} --out {sweep.out / 'report'}`")
+    return first_failure
 
 
 def finish_processes() -> None:
