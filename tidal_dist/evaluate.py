@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from tidal_dist import preemption
 from tidal_dist.inference import predict
 
 
@@ -19,6 +20,8 @@ def evaluate(session, split: str = "test") -> dict:
         y = y.to(acc.device)
         counts[0] += (logits.argmax(dim=1) == y).sum()
         counts[1] += y.numel()
+    # A stop request ends the loop early on the rank that got it: agree before counting.
+    preemption.raise_if_agreed(acc.device, f"evaluation on the {split} split")
     counts = acc.reduce(counts, reduction="sum")
     correct, seen = int(counts[0]), int(counts[1])
     expected = session.manifest.split(split).num_samples

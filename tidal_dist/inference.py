@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from tidal_dist import faults, preemption
 from tidal_dist.data.readers import StreamingDataset, stream_loader
 from tidal_dist.data.transforms import build_transform
 
@@ -31,6 +32,9 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
     try:
         with torch.inference_mode():
             for batch_ids, x, y in stream_loader(dataset, batch_size, cfg.data.num_workers):
+                if preemption.requested():
+                    break  # the caller agrees on the stop with the other ranks after its loop
+                faults.maybe_slow("inference")
                 with acc.autocast():
                     logits, td_logits = model(session.to_device(x, model))
                 yield batch_ids, y, logits.float(), td_logits.float()

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tidal_dist import faults, preemption
+from tidal_dist import faults, outcome, preemption
 from tidal_dist.config import Config, bind_run_dir
 from tidal_dist.data.manifest import Manifest, load_labels
 from tidal_dist.evaluate import evaluate
 from tidal_dist.fsutil import atomic_write, atomic_write_json, fsync_dir
-from tidal_dist.oracle import LabelsPending, export_queries, label_queries, queries_path
+from tidal_dist.oracle import export_queries, label_queries, queries_path
 from tidal_dist.pool import initial_labeled_set, pool_ids
 from tidal_dist.runtime import seed_everything
 from tidal_dist.score import draw_candidates, save_scores, score_pool
@@ -41,8 +41,6 @@ from tidal_dist.strategies import get_strategy
 from tidal_dist.train import Session, build_session, train_cycle
 
 log = logging.getLogger("tidal_dist")
-
-EXIT_LABELS_PENDING = 3
 
 
 def cycle_dir(run_dir: Path, k: int) -> Path:
@@ -95,21 +93,36 @@ def _load_model(path: Path, model: torch.nn.Module) -> None:
 
 def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids: np.ndarray,
                        labels: np.ndarray) -> dict:
-    """Phase 1 of a cycle, skipped when work/trained/ already holds its result."""
+    """Phase 1 of a cycle. work/trained/ marks its progress: train.json once training is done
+    (then model.pt holds the trained weights), metrics.json once evaluation is done too."""
     acc = session.accelerator
     trained = work / "trained"
     if (trained / "metrics.json").exists():
         _load_model(trained / "model.pt", acc.unwrap_model(session.model))
+        if acc.is_main_process:
+            log.info("cycle %d: training and evaluation finished before the restart (%s); "
+                     "resuming at scoring", k, trained)
         return json.loads((trained / "metrics.json").read_text())
-    t0 = time.time()
-    result = train_cycle(session, ids, labels, work, cycle=k)
+    if (trained / "train.json").exists():
+        _load_model(trained / "model.pt", acc.unwrap_model(session.model))
+        out = json.loads((trained / "train.json").read_text())
+        if acc.is_main_process:
+            log.info("cycle %d: training finished before the restart (%s); resuming at evaluation",
+                     k, trained)
+    else:
+        t0 = time.time()
+        result = train_cycle(session, ids, labels, work, cycle=k)
+        out = {"train": [vars(e) for e in result.epochs], "seconds": {"train": time.time() - t0},
+               **result.notes}
+        if acc.is_main_process:
+            _save_model(trained / "model.pt", acc.unwrap_model(session.model))
+            atomic_write_json(trained / "train.json", out)  # after model.pt: the phase marker
+        acc.wait_for_everyone()
     t1 = time.time()
     metrics = evaluate(session)
-    out = {"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"],
-           "train": [vars(e) for e in result.epochs],
-           "seconds": {"train": t1 - t0, "evaluate": time.time() - t1}}
+    out.update({"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"]})
+    out["seconds"]["evaluate"] = time.time() - t1
     if acc.is_main_process:
-        _save_model(trained / "model.pt", acc.unwrap_model(session.model))
         atomic_write_json(trained / "metrics.json", out)  # last: the phase marker
     acc.wait_for_everyone()
     return out
@@ -142,7 +155,8 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
         queried_labels = pool_labels[queried["ids"] - manifest.split("pool").first_id]
         metrics.update({
             "cycle": k, "labeled": len(ids), "candidates": len(candidates),
-            "queried": len(queried["ids"]), "strategy": strategy.name,
+            "queried": len(queried["ids"]), "unlabeled": len(unlabeled),
+            "strategy": strategy.name,
             "subset_seed": cfg.al.subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
@@ -220,14 +234,23 @@ def plot_accuracy(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def pool_exhausted(run_dir: Path, k: int) -> bool:
+    """Cycle k-1 found no unlabeled sample left to query: it trained on the whole pool."""
+    if k == 0:
+        return False
+    metrics = json.loads((cycle_dir(run_dir, k - 1) / "metrics.json").read_text())
+    return metrics.get("candidates", 1) == 0
+
+
 def run_main(cfg: Config) -> int:
-    """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir."""
+    """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir. Stops (LabelsPending,
+    preemption.Preempted) propagate to lifecycle.run_command, which records the outcome."""
     get_strategy(cfg.al.strategy)  # a typo fails now, not after the first cycle's training
     session = build_session(cfg)
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)
     acc.wait_for_everyone()
-    preemption.install()
+    outcome.running()
     if acc.is_main_process:
         for leftover in (run_dir / "cycles").glob(".*.partial"):
             shutil.rmtree(leftover)  # a commit killed before its rename: redone below
@@ -238,28 +261,28 @@ def run_main(cfg: Config) -> int:
             shutil.rmtree(run_dir / "work" / f"cycle_{k:04d}", ignore_errors=True)
     if done and acc.is_main_process:
         log.info("resuming %s: %d of %d cycles committed", run_dir, done, cfg.al.cycles)
-    try:
-        for k in range(done, cfg.al.cycles):
-            run_cycle(session, run_dir, k)
-    except LabelsPending as e:
-        if acc.is_main_process:
-            print(f"tidal-dist run: waiting for labels: {e}", flush=True)
-        return EXIT_LABELS_PENDING
-    except preemption.Preempted as e:
-        if acc.is_main_process:
-            print(f"tidal-dist run: preempted at {e}; checkpoint saved, run the same command "
-                  f"again to continue", flush=True)
-        return preemption.EXIT_PREEMPTED
+    for k in range(done, cfg.al.cycles):
+        if pool_exhausted(run_dir, k):
+            message = (f"the pool ran out: cycle {k - 1} trained on every pool sample and had "
+                       f"nothing left to query; the run ends after {k} of al.cycles={cfg.al.cycles} "
+                       f"cycles")
+            if acc.is_main_process:
+                print(f"tidal-dist run: {message}", flush=True)
+            outcome.note(message)
+            break
+        preemption.raise_if_agreed(acc.device, f"the start of cycle {k}")
+        run_cycle(session, run_dir, k)
     if acc.is_main_process:
         if (run_dir / "work").is_dir() and not any((run_dir / "work").iterdir()):
             (run_dir / "work").rmdir()
         summary = write_results(run_dir)
         last = summary["cycles"][-1] if summary["cycles"] else None
         if last:
-            print(f"tidal-dist run: {len(summary['cycles'])} cycles done; final accuracy "
-                  f"{last['accuracy']:.4f} with {last['labeled']} labels; results in "
-                  f"{run_dir}/results.md and {run_dir}/cycles/", flush=True)
+            message = (f"{len(summary['cycles'])} cycles done; final accuracy "
+                       f"{last['accuracy']:.4f} with {last['labeled']} labels")
+            print(f"tidal-dist run: {message}; results in {run_dir}/results.md and "
+                  f"{run_dir}/cycles/", flush=True)
+            outcome.note(message)
     acc.wait_for_everyone()
     acc.end_training()
     return 0
-

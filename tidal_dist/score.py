@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from tidal_dist import preemption
 from tidal_dist.fsutil import atomic_write
 from tidal_dist.inference import predict
 from tidal_dist.strategies.base import Outputs, Strategy
@@ -70,6 +71,8 @@ def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Pat
     for arr in parts.values():
         arr.flush()
     del parts
+    # A stop request ends the loop early on the rank that got it; scoring restarts on resume.
+    preemption.raise_if_agreed(acc.device, "scoring")
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None

@@ -92,6 +92,7 @@ class CycleResult:
     epochs: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
     engine: str = ""  # the prepared model's type: DistributedDataParallel, DeepSpeedEngine, ...
+    notes: dict = field(default_factory=dict)  # e.g. resumed with another world size: metrics
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, object]:
@@ -131,13 +132,13 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     acc.wait_for_everyone()
     start_epoch, start_step = 0, 0
     sums = torch.zeros(4, dtype=torch.float64, device=acc.device)  # loss, ce, kl, n (weighted)
+    result = CycleResult(engine=type(model).__name__)
     if resume is not None:
         meta = checkpoint.load(acc, model, optimizer, scheduler, td_dir, resume)
         start_epoch, start_step = meta["epoch"], meta["step"]
-        sums = torch.tensor(meta["sums"], dtype=torch.float64, device=acc.device)
-        if acc.is_main_process:
-            log.info("cycle %d: resuming at epoch %d, step %d from %s", cycle, start_epoch + 1,
-                     start_step, resume)
+        sums = checkpoint.partial_sums(meta, acc)
+        result.epochs = [EpochStats(**e) for e in meta.get("epochs", [])]
+        result.notes = checkpoint.describe_resume(meta, acc, cycle, resume)
     writer = TDBuffer(td_dir, writable=True) if acc.is_main_process else None
     recorder = VisitRecorder(td_dir, rank, math.ceil(len(labeled_ids) / world), session.num_classes)
 
@@ -158,8 +159,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     workers = cfg.data.num_workers
     loader = DataLoader(LabeledDataset(session.reader(), labeled_ids), batch_size=batch,
                         sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                        pin_memory=torch.cuda.is_available())
-    result = CycleResult(engine=type(model).__name__)
+                        pin_memory=torch.cuda.is_available(),
+                        worker_init_fn=preemption.loader_worker_init)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
         skip = start_step if epoch == start_epoch else 0
@@ -195,7 +196,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
             if preemption.agreed(acc.device):
                 fold()
                 checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch, step + 1,
-                                sums)
+                                sums, epochs=[vars(e) for e in result.epochs])
                 raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
         bar.close()
         scheduler.step()
@@ -214,7 +215,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                      stats.samples, stats.seconds)
         every = cfg.train.checkpoint_every
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
-            checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums)
+            checkpoint.save(acc, model, optimizer, scheduler, td_dir, ckpt_root, epoch + 1, 0, sums,
+                            epochs=[vars(e) for e in result.epochs])
     sync_buffers(session.model)
     result.seconds = time.time() - start
     return result
@@ -245,6 +247,10 @@ def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
     in_channels = 1 if manifest.mode == "L" else 3
     if model is None:
         model = build_model(cfg.model, manifest.num_classes, in_channels)
+    if cfg.train.sync_batchnorm:  # statistics over the global batch: any world size, same result
+        from tidal_dist.models.sync_batchnorm import convert_batchnorm
+
+        model = convert_batchnorm(model)
     precision = resolve_precision(cfg, torch.cuda.is_available())
     model = model.to(acc.device)
     if precision.channels_last:
@@ -265,9 +271,13 @@ def train_main(cfg: Config) -> int:
     from tidal_dist.fsutil import atomic_write_json
     from tidal_dist.pool import initial_labeled_set
 
+    from tidal_dist import outcome
+
     session = build_session(cfg)
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)
+    acc.wait_for_everyone()
+    outcome.running()
     labeled = initial_labeled_set(cfg)
     labels = load_labels(cfg.data.root, "pool")[labeled - session.manifest.split("pool").first_id]
     result = train_cycle(session, labeled, labels, run_dir / "train", cycle=0)

@@ -253,8 +253,12 @@ def collate_samples(batch: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, to
 def stream_loader(dataset: StreamingDataset, batch_size: int, num_workers: int) -> DataLoader:
     """Batches of (ids, images, labels). Never pass it to accelerator.prepare: Accelerate would
     re-dispatch an iterable dataset from rank 0 and break the exactly-once split."""
+    from tidal_dist.preemption import loader_worker_init
+
+    # Workers survive a process group's stop signal and hand it to their rank (preemption.py).
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=collate_samples, persistent_workers=False)
+                      collate_fn=collate_samples, persistent_workers=False,
+                      worker_init_fn=loader_worker_init)
 
 
 # ----------------------------------------------------------------------------------------------
