@@ -32,10 +32,10 @@ recorder) and then os._exit: committed state is safe because every commit is an 
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -66,12 +66,11 @@ _exit_hooks: list[Callable[[str], None]] = []
 
 
 def _say(text: str) -> None:
+    """A warning on every rank, through the project's logger (tqdm-safe: it does not glue itself
+    to a progress bar; logging's last-resort handler prints it before logging is set up)."""
     rank = os.environ.get("RANK")
     where = f"[rank {rank}] " if rank not in (None, "") and os.environ.get("WORLD_SIZE", "1") != "1" else ""
-    try:
-        print(f"tidal-dist: {where}{text}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):  # stderr closed: a log line is not worth dying for
-        pass
+    logging.getLogger("tidal_dist").warning("%s%s", where, text)
 
 
 def request(reason: str = "stop requested") -> None:
