@@ -187,19 +187,22 @@ def check_batch(cfg: Config, world: int, warnings: list[str]) -> int:
     return per_rank
 
 
-def check_run_dir_location(run_dir: Path) -> Path:
-    """The nearest existing folder at or above run.dir, checked to be a writable directory."""
-    probe = run_dir.absolute()
+def check_output_location(path: Path, what: str = "config key 'run.dir'") -> Path:
+    """The nearest existing folder at or above `path`, checked to be a writable directory (a
+    folder that exists already must be one too). `what` names the setting in messages."""
+    path = path.absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what}: '{path}' exists and is not a folder")
+    probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"config key 'run.dir': '{probe}' is a file, so '{run_dir}' cannot be "
-                        f"created there")
+        raise UserError(f"{what}: '{probe}' is a file, so '{path}' cannot be created there")
     if not os.access(probe, os.W_OK | os.X_OK):
         why = "is on a read-only filesystem" if _read_only(probe) else "is not writable by this user"
-        raise UserError(f"config key 'run.dir': '{probe}' {why}; choose another run.dir")
+        raise UserError(f"{what}: '{probe}' {why}; choose another location")
     return probe
 
 
@@ -329,7 +332,7 @@ def make_plan(cfg: Config, world_size: int, check_disk: bool = True) -> Plan:
     disk.still_needed = sum(disk.committed[done:]) + (disk.work_peak if done < len(cycles) else 0) \
         + (RESULTS_BYTES if done == 0 else 0)
     if check_disk:
-        probe = check_run_dir_location(run_dir)
+        probe = check_output_location(run_dir)
         disk.free = free_bytes(probe)
         if disk.free is not None and disk.still_needed > disk.free:
             raise UserError(f"config key 'run.dir': '{run_dir}' needs about "
