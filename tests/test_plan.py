@@ -2,13 +2,11 @@
 (tidal_dist/plan.py): every shipped config against a stand-in dataset of its shape, bad settings
 refused without a trace, the start-over message, and the disk-space check."""
 
-import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
 
 from tests.mp import REPO, run_module, tail
+from tests.tmpfs import tiny_tmpfs  # noqa: F401 - a fixture
 from tidal_dist.cli import main
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -149,25 +147,6 @@ def test_a_run_dir_locked_by_an_earlier_version_says_how_to_start_over(synthetic
 
 # --------------------------------------------------------------------------------------------
 # Disk space: a real, tiny filesystem (tmpfs, mounted by the test as root).
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    mounts = []
-
-    def mount(size: str, read_only: bool = False) -> Path:
-        point = tmp_path / f"tmpfs{len(mounts)}"
-        point.mkdir()
-        options = f"size={size}" + (",ro" if read_only else "")
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
-        mounts.append(point)
-        return point
-
-    yield mount
-    for point in mounts:
-        subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 def test_a_run_dir_without_the_space_it_needs_is_refused(synthetic_dataset, tiny_tmpfs, capsys):

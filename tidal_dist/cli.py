@@ -75,8 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tidal_dist.data.manifest import summary
     from tidal_dist.data.shards import prepare
+    from tidal_dist.lifecycle import OUTPUT_ERRNOS
+    from tidal_dist.plan import check_output_location
 
-    manifest = prepare(args.source, args.out, shard_size=args.shard_size, skip_bad=args.skip_bad)
+    out = Path(args.out)
+    if not (out / "manifest.json").exists():  # a finished output is a no-op, even read-only
+        check_output_location(out, "--out")  # before reading (or downloading) the source
+    try:
+        manifest = prepare(args.source, out, shard_size=args.shard_size, skip_bad=args.skip_bad)
+    except OSError as e:
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        import os
+
+        raise UserError(f"--out '{out}': cannot write '{e.filename or out}': {os.strerror(e.errno)}; "
+                        f"the partial output was removed, nothing else was touched") from None
     print(summary(manifest))
     return 0
 
@@ -86,7 +99,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     manifest = load_manifest(args.root)
     print(summary(manifest))
-    if not args.verify:
+    if not args.verify:  # problems: UserError, exit 2
         from tidal_dist.plan import check_shards
 
         check_shards(Path(args.root), manifest)  # present and of the right size: no hashing
@@ -98,7 +111,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for line in problems:
                 print(f"BAD: {line}", file=sys.stderr)
             print(f"verify: {len(problems)} problem(s) in {args.root}", file=sys.stderr)
-            return 1
+            return EXIT_USER_ERROR
         print(f"verify: all shards match their sha256 in {args.root}/manifest.json")
     return 0
 

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tidal_dist import preemption
-from tidal_dist.fsutil import atomic_write
+from tidal_dist.fsutil import atomic_write, new_memmap
 from tidal_dist.inference import predict
 from tidal_dist.strategies.base import Outputs, Strategy
 
@@ -51,8 +51,7 @@ def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Pat
     # Upper bound of this rank's share: contiguous chunks of ceil(N / (W*K)) per loader worker.
     workers = max(cfg.data.num_workers, 1)
     capacity = max(1, math.ceil(len(candidates) / (world * workers)) * workers)
-    parts = {name: np.lib.format.open_memmap(_part_path(out_dir, name, rank), mode="w+",
-                                             dtype=PART_DTYPES[name], shape=(capacity,))
+    parts = {name: new_memmap(_part_path(out_dir, name, rank), PART_DTYPES[name], (capacity,))
              for name in PART_FIELDS}
     parts["ids"][:] = -1
     n = 0

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from tidal_dist.errors import UserError
+from tidal_dist.fsutil import new_memmap
 
 _FILES = ("ids.npy", "sum.npy", "count.npy")
 
@@ -64,7 +65,7 @@ class TDBuffer:
         for name, shape, dtype in (("sum.npy", (len(ids), num_classes), np.float32),
                                    ("count.npy", (len(ids),), np.int32)):
             tmp = folder / f".{name}.tmp"
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            arr = new_memmap(tmp, dtype, shape)
             arr.flush()
             del arr
             os.replace(tmp, folder / name)
@@ -136,10 +137,8 @@ class VisitRecorder:
         self.ids_path = folder / f"visit_ids.rank{rank}.npy"
         self.probs_path = folder / f"visits.rank{rank}.npy"
         self.capacity = capacity
-        self.ids = np.lib.format.open_memmap(self.ids_path, mode="w+", dtype=np.int64,
-                                             shape=(capacity,))
-        self.probs = np.lib.format.open_memmap(self.probs_path, mode="w+", dtype=np.float32,
-                                               shape=(capacity, num_classes))
+        self.ids = new_memmap(self.ids_path, np.int64, (capacity,))
+        self.probs = new_memmap(self.probs_path, np.float32, (capacity, num_classes))
         self.n = 0
         self.ids[:] = -1
 
