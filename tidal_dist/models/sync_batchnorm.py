@@ -9,8 +9,9 @@ torch.nn.SyncBatchNorm only runs on CUDA tensors, so this module does the same o
     in training mode, per channel c, over every rank's (N, H, W) positions:
         shift  = running_mean[c]             (identical on all ranks; keeps E[x^2]-E[x]^2 stable)
         s1, s2 = sum(x - shift), sum((x - shift)^2), and the count n      -> one all-reduce (sum)
+                 (from this rank's fused var_mean: s1 = n(m - shift), s2 = n(v + (m - shift)^2))
         mean   = shift + s1/n,   var = s2/n - (s1/n)^2                     (biased, as BatchNorm)
-        y      = (x - mean) / sqrt(var + eps) * weight + bias
+        y      = (x - mean) / sqrt(var + eps) * weight + bias              (one multiply-add)
     running_mean/var are updated like nn.BatchNorm2d (unbiased variance n/(n-1)).
 
 The all-reduce is differentiable (its backward all-reduces the gradients), so each rank's input
@@ -62,26 +63,36 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         channels = x.shape[1]
+        shape = (1, channels, 1, 1)
         xf = x.float()
+        # This rank's statistics in one fused op, turned into shifted sums that add up over
+        # ranks: s1 = n (mean - K), s2 = n (var + (mean - K)^2), K = running_mean (the same on
+        # every rank, close to the batch mean, so s2/n - (s1/n)^2 does not cancel badly).
+        var_local, mean_local = torch.var_mean(xf, dim=(0, 2, 3), correction=0)
+        count = float(xf.numel() // channels)
         if self.track_running_stats:
-            shift = self.running_mean.detach().float().view(1, channels, 1, 1)
+            shift = self.running_mean.detach().double()
         else:
-            shift = torch.zeros(1, channels, 1, 1, device=x.device)
-        d = xf - shift
-        count = torch.tensor([float(d.numel() // channels)], device=x.device, dtype=torch.float64)
-        stats = torch.cat([d.sum(dim=(0, 2, 3)).double(), (d * d).sum(dim=(0, 2, 3)).double(), count])
+            shift = torch.zeros(channels, dtype=torch.float64, device=x.device)
+        centred = mean_local.double() - shift
+        stats = torch.cat([count * centred, count * (var_local.double() + centred * centred),
+                           torch.full((1,), count, dtype=torch.float64, device=x.device)])
         if _distributed():
             stats = _AllReduceSum.apply(stats)
         n = stats[-1]
         m1 = stats[:channels] / n
         var = (stats[channels:2 * channels] / n - m1 * m1).clamp_min(0.0)
-        mean = (m1 + shift.view(channels).double())
+        mean = m1 + shift
         if self.training and self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), n.detach())
-        inv_std = torch.rsqrt(var + self.eps).float().view(1, channels, 1, 1)
-        y = (xf - mean.float().view(1, channels, 1, 1)) * inv_std
+        # y = (x - mean) / sqrt(var + eps) * weight + bias, as one multiply-add per element.
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
-            y = y * self.weight.view(1, channels, 1, 1) + self.bias.view(1, channels, 1, 1)
+            scale = scale * self.weight.double()
+        offset = -mean * scale
+        if self.affine:
+            offset = offset + self.bias.double()
+        y = torch.addcmul(offset.float().view(shape), xf, scale.float().view(shape))
         return y.to(x.dtype)
 
     @torch.no_grad()
