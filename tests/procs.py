@@ -32,6 +32,9 @@ def launcher_cmd(launcher: str, nproc: int, args: list[str]) -> list[str]:
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 "launch/accelerate/cpu_2proc.yaml", "--num_processes", str(nproc),
                 "--main_process_port", "0", *args]
+    if launcher == "accelerate-1":  # no config file: accelerate's one-process "simple launcher"
+        assert nproc == 1
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", *args]
     if launcher == "plain":
         assert nproc == 1
         return [sys.executable, *args]
@@ -68,6 +71,9 @@ def rank_pids(job: Job, expected: int, timeout: float = 120) -> dict[int, int]:
     process is its own rank 0)."""
     if job.launcher == "plain":
         return {0: job.proc.pid}
+    if job.launcher == "accelerate-1":
+        wait_until(lambda: psutil.Process(job.proc.pid).children(), "the process", job)
+        return {0: psutil.Process(job.proc.pid).children()[0].pid}
     deadline = time.time() + timeout
     while True:
         found = {}

@@ -135,6 +135,22 @@ def test_launcher_killed_by_sigusr1_under_accelerate_launch(reference, synthetic
     assert (counts == 40).all()  # no visit lost or doubled across the stop
 
 
+def test_sigterm_to_a_one_process_accelerate_launch(synthetic_dataset, tmp_path):
+    """`accelerate launch` with one process dies of SIGTERM without passing it on; its orphaned
+    child stops by itself with a checkpoint."""
+    run_dir = tmp_path / "run"
+    job = start("accelerate-1", 1, args_for(synthetic_dataset, run_dir, **{"train.epochs": 60}),
+                tmp_path / "log")
+    wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank0.npy", job)
+    child = psutil.Process(rank_pids(job, 1)[0])
+    job.proc.send_signal(signal.SIGTERM)  # the launcher alone
+    assert job.wait() == -signal.SIGTERM
+    psutil.wait_procs([child], timeout=180)
+    record = recorded(run_dir)
+    assert record.status == "preempted" and "the launcher (pid" in record.message, job.tail()
+    the_only_checkpoint(run_dir)
+
+
 def test_a_signal_to_one_loader_worker_stops_a_plain_run(synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
     job = start("plain", 1, args_for(synthetic_dataset, run_dir, **{"train.epochs": 60}),

@@ -22,9 +22,9 @@ How a request travels (docs/launching.md has the measurements behind each rule):
 * A deadline (`run.preempt_deadline_s`, capped below torchrun's grace period when running under
   it) bounds the time from the first signal to a forced exit: torchrun SIGKILLs its workers after
   TORCH_ELASTIC_SHUTDOWN_TIMEOUT (default 30 s), and SLURM after its KillWait.
-* Under torchrun / `accelerate launch` a rank whose launcher died (SIGUSR1 kills the agent unless
-  it is told to handle it) treats the orphaning as a stop request, instead of training on with
-  nobody to report to.
+* Under torchrun / `accelerate launch` a rank whose launcher died (SIGUSR1 kills torchrun's agent
+  unless it is told to handle it; SIGTERM kills a one-process `accelerate launch`) treats the
+  orphaning as a stop request, instead of training on with nobody to report to.
 
 Forced exits (second signal, deadline) call the registered `on_forced_exit` hooks (the outcome
 recorder) and then os._exit: committed state is safe because every commit is an atomic rename.
@@ -164,6 +164,14 @@ def _watch(read_fd: int, parent_pid: int | None) -> None:
             request(f"the launcher (pid {parent_pid}) exited")
 
 
+def started_by_launcher(env=os.environ) -> bool:
+    """torchrun (TORCHELASTIC_RUN_ID) or `accelerate launch` (ACCELERATE_MIXED_PRECISION, set in
+    every mode, also the one-process one, which just waits on its child and dies of a SIGTERM
+    without passing it on). A plain process is not watched: its parent is a shell, which may
+    legitimately go away (nohup, setsid)."""
+    return bool(env.get("TORCHELASTIC_RUN_ID") or env.get("ACCELERATE_MIXED_PRECISION"))
+
+
 def launcher_grace_s(env=os.environ) -> float | None:
     """Seconds torchrun's agent waits between forwarding a signal and SIGKILL, when we run under
     it (`accelerate launch` runs the same agent). Only the environment variable is visible to the
@@ -191,7 +199,7 @@ def install(deadline_s: float | None = None) -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    parent = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else None
+    parent = os.getppid() if started_by_launcher() else None
     _watcher = threading.Thread(target=_watch, args=(read_fd, parent), name="tidal-stop-watcher",
                                 daemon=True)
     _watcher.start()
