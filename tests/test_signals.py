@@ -5,12 +5,15 @@ uninterrupted run. A second SIGTERM or a missed deadline exits at once, committe
 
 import hashlib
 import json
+import os
 import signal
+import subprocess
 import time
 
 import numpy as np
 import psutil
 import pytest
+import torch
 
 from tests.mp import run_module, tail, torchrun
 from tests.procs import (loader_worker_pids, rank_pids, signal_group, start, wait_for,
@@ -19,6 +22,39 @@ from tidal_dist import outcome
 from tidal_dist.preemption import EXIT_PREEMPTED
 
 EPOCHS = 12
+
+
+class _Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        time.sleep(0.05)
+        return i
+
+
+def test_loader_workers_forward_stop_signals_and_obey_their_rank(tmp_path):
+    """A worker hands SIGUSR1 from another process to its rank, and exits on its rank's own
+    SIGTERM (how the DataLoader terminates a worker that does not stop in time)."""
+    from tidal_dist.preemption import loader_worker_init
+
+    got = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    try:
+        loader = torch.utils.data.DataLoader(_Slow(), num_workers=1, batch_size=2,
+                                             worker_init_fn=loader_worker_init)
+        batches = iter(loader)
+        next(batches)
+        worker = batches._workers[0]
+        subprocess.run(["kill", "-USR1", str(worker.pid)], check=True)  # not the rank: forwarded
+        wait_until(lambda: got == [signal.SIGUSR1], "the forwarded SIGUSR1", timeout=10)
+        assert worker.is_alive()
+        os.kill(worker.pid, signal.SIGTERM)  # from the rank itself
+        worker.join(timeout=10)
+        assert worker.exitcode == 0
+        del batches
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def args_for(root, run_dir, **extra):

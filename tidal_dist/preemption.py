@@ -14,7 +14,8 @@ How a request travels (docs/launching.md has the measurements behind each rule):
   `kill -TERM -PGID`, torchrun's killpg per rank, Ctrl-C). Left alone, SIGTERM and SIGUSR1 kill
   them and the rank crashes with "DataLoader worker ... killed by signal". `loader_worker_init`
   (pass it as `worker_init_fn` to every DataLoader) makes a worker survive them and forward them
-  to its rank, so a signal sent to a worker alone also stops the run cleanly.
+  to its rank, so a signal sent to a worker alone also stops the run cleanly; a SIGTERM from the
+  rank itself (the DataLoader terminating a slow worker) still ends the worker.
 * A second SIGTERM or SIGINT, more than DUPLICATE_WINDOW_S after the first, exits at once (exit
   75). The window exists because launchers forward signals: under torchrun a rank usually gets
   the group's SIGTERM and the agent's copy milliseconds apart, and a worker's forwarded copy
@@ -208,17 +209,25 @@ def install(deadline_s: float | None = None) -> None:
 def loader_worker_init(worker_id: int) -> None:  # noqa: ARG001
     """DataLoader worker_init_fn: survive the stop signals and hand them to the rank.
 
-    The worker is forked from a rank whose wakeup pipe it inherits; it gets its own handler
-    instead, which forwards the signal to the rank (unless the rank is gone)."""
+    The stop signals are blocked in the worker and read by a thread with sigwaitinfo, which
+    tells who sent them. SIGTERM from the worker's own rank is the DataLoader shutting a slow
+    worker down (torch terminates workers that do not exit in time): the worker exits, as torch's
+    own handler would. Anything else (a process group's signal, Ctrl-C, a kill aimed at the
+    worker) is forwarded to the rank, which stops the run cleanly."""
     parent = os.getppid()
-    signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(-1)  # forked from the rank: its wakeup pipe is not ours to write
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    threading.Thread(target=_forward_to_rank, args=(parent,), name="tidal-worker-signals",
+                     daemon=True).start()
 
-    def forward(signum, frame):  # noqa: ARG001
+
+def _forward_to_rank(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo(set(STOP_SIGNALS))
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)
         if os.getppid() == parent:
-            os.kill(parent, signum)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, forward)
+            os.kill(parent, info.si_signo)
 
 
 def agreed(device: torch.device) -> bool:
