@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -89,11 +90,8 @@ def run_command(cfg: Config, command: str, body: Callable[[], int]) -> int:
         if (run_dir / RUN_CONFIG_NAME).exists():
             bind_run_dir(cfg, write=False)  # another config's run dir: refused, nothing recorded
             rec.bind()
-        plan_cfg = cfg
-        if command == "train":
-            from dataclasses import replace
-
-            plan_cfg = replace(cfg, al=replace(cfg.al, cycles=1))
+        # `train` runs cycle 0 only: plan (and reserve disk for) that one cycle.
+        plan_cfg = replace(cfg, al=replace(cfg.al, cycles=1)) if command == "train" else cfg
         try:
             make_plan(plan_cfg, distributed.world_size())
         except UserError as e:
@@ -107,7 +105,7 @@ def run_command(cfg: Config, command: str, body: Callable[[], int]) -> int:
         code = rec.finish(status, "" if code == 0 else f"exit code {code}")
         clean = code == 0
     except UserError as e:
-        rec.finish("bad_input", str(e))
+        preemption.disarm(rec.finish("bad_input", str(e)))
         raise
     except LabelsPending as e:
         code = rec.finish("waiting_for_labels", str(e))
@@ -121,7 +119,7 @@ def run_command(cfg: Config, command: str, body: Callable[[], int]) -> int:
     except BaseException as e:  # noqa: BLE001 - recorded, then handled or re-raised below
         problem = output_problem(e, run_dir) if isinstance(e, Exception) else None
         if problem is not None:
-            rec.finish("bad_input", problem)
+            preemption.disarm(rec.finish("bad_input", problem))
             raise UserError(f"{problem}; free space (or choose another run.dir) and run the same "
                             f"command again: committed results are intact") from None
         if preemption.requested():

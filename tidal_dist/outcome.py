@@ -43,7 +43,6 @@ EXIT_CODES = {"done": 0, "failed": 1, "bad_input": 2, "waiting_for_labels": 3,
               "not_finished": 4, "preempted": preemption.EXIT_PREEMPTED}
 EXIT_NOT_FINISHED = EXIT_CODES["not_finished"]
 RECORD_NAME = "outcome.json"
-FINAL = frozenset({"done", "failed", "bad_input", "waiting_for_labels", "preempted"})
 # Statuses a later failure of another rank explains better (its message is the cause).
 SUPERSEDED_BY_RANK_FAILURE = frozenset({"running", "preempted", "failed"})
 
