@@ -64,6 +64,7 @@ _deadline_s: float | None = None
 _disarmed_code: int | None = None
 _watcher: threading.Thread | None = None
 _exit_hooks: list[Callable[[str], None]] = []
+_main_noted = 0  # first requests made by the main thread's handler, not yet seen by the watcher
 
 
 def _say(text: str) -> None:
@@ -123,9 +124,15 @@ def _forced_exit(message: str) -> None:
     os._exit(EXIT_PREEMPTED)
 
 
-def _on_signal(signum: int) -> None:
+def _on_signal(signum: int, from_pipe: bool = False) -> None:
+    global _main_noted
     if signum not in STOP_SIGNALS:
         return  # the wakeup pipe carries every signal with a Python handler (e.g. SIGCHLD)
+    if from_pipe:
+        with _lock:
+            if _main_noted:
+                _main_noted -= 1  # the main thread's handler already made this one a request
+                return
     name = signal.Signals(signum).name
     if _disarmed_code is not None:
         if signum in ESCALATING:
@@ -140,9 +147,20 @@ def _on_signal(signum: int) -> None:
 
 
 def _handler(signum, frame):  # noqa: ARG001
-    # With the watcher running, the wakeup pipe already carries this signal to it.
+    """Runs in the main thread, whenever it next executes Python. It only makes a first request
+    visible at once (the next step boundary sees it); everything else, a second signal included,
+    is the watcher's to decide, because this may run long after the signal arrived."""
+    global _main_noted
     if _watcher is None:
         _on_signal(signum)
+        return
+    if signum not in STOP_SIGNALS:
+        return
+    with _lock:
+        if _requested or _disarmed_code is not None:
+            return
+        _main_noted += 1  # the watcher will read this signal's byte too: it skips it
+    request(f"got {signal.Signals(signum).name}")
 
 
 def _watch(read_fd: int, parent_pid: int | None) -> None:
@@ -154,7 +172,7 @@ def _watch(read_fd: int, parent_pid: int | None) -> None:
             except BlockingIOError:
                 data = b""
             for signum in data:
-                _on_signal(signum)
+                _on_signal(signum, from_pipe=True)
         with _lock:
             late = (_requested and _disarmed_code is None and _deadline_s is not None
                     and _first_at is not None and time.monotonic() - _first_at > _deadline_s)
