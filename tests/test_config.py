@@ -107,6 +107,17 @@ def test_run_dir_refuses_another_config(tmp_path):
     assert "epochs: 5" in (tmp_path / "run" / "config.yaml").read_text()  # nothing overwritten
 
 
+def test_run_dirs_and_dataset_roots_compare_as_resolved_paths(tmp_path, monkeypatch):
+    (tmp_path / "data" / "shards").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    bind_run_dir(load_config(None, ["run.dir=runs/a", "data.root=data/shards"]), write=True)
+    same = [f"run.dir={tmp_path}/runs/./a/", "data.root=link/shards/../shards"]
+    assert bind_run_dir(load_config(None, same), write=True) == tmp_path / "runs" / "a"
+    with pytest.raises(UserError, match="data.root"):
+        bind_run_dir(load_config(None, ["run.dir=runs/a", "data.root=data"]), write=False)
+
+
 @pytest.mark.parametrize("name, expected", [
     ("cifar100", {"al.initial": 2000, "al.budget": 2000, "al.cycles": 10, "model.backbone": "resnet18_cifar"}),
     ("fashion_mnist", {"al.initial": 1000, "al.subset_size": 10000, "data.root": "data/shards/fashion_mnist"}),

@@ -50,6 +50,22 @@ def test_bad_labels_files_are_rejected_naming_the_problem(tmp_path, manifest, ro
     assert "nothing imported" in str(e.value) and str(p) in str(e.value)
 
 
+@pytest.mark.parametrize("encoding, newline, delimiter", [
+    ("utf-8-sig", "\r\n", ","),   # Excel's "CSV UTF-8": byte-order mark, CRLF
+    ("utf-8-sig", "\r\n", ";"),   # the same in a locale with decimal commas
+    ("utf-8", "\r\n", "\t"),      # tab-separated export
+])
+def test_labels_files_saved_by_spreadsheet_programs(tmp_path, manifest, encoding, newline,
+                                                    delimiter):
+    p = tmp_path / "l.csv"
+    rows = [("id", "label"), (17, 2), (4, manifest.class_names[3]), (9, 0)]
+    text = newline.join(delimiter.join(str(c) for c in row) for row in rows) + newline
+    p.write_bytes(text.encode(encoding))
+    if encoding == "utf-8-sig":
+        assert p.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert read_labels_file(p, QUERIED, manifest).tolist() == [3, 0, 2]
+
+
 def test_header_is_required(tmp_path, manifest):
     p = write_labels(tmp_path / "l.csv", [(4, 1)], header=None)
     with pytest.raises(UserError, match="header line 'id,label'"):

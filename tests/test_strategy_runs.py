@@ -88,7 +88,9 @@ def test_two_processes(synthetic_dataset, tmp_path, strategy):
 @pytest.mark.parametrize("extra, message", [
     ({"train.objective": "focal"}, "train.objective' expects 'auto' | 'ce' | 'tidal' | 'lloss'"),
     ({"al.strategy": "lloss", "train.batch_size": 15}, "per-rank batch must be even"),
-    ({"al.strategy": "coreset", "al.budget": 50}, "cycle 0 has only 40"),
+    ({"al.strategy": "coreset", "al.budget": 50}, "al.subset_size draws only 40"),
+    ({"al.strategy": "badge", "al.subset_size": "all", "al.initial": 190, "al.budget": 20},
+     "cycle 0 has only 13"),
     ({"al.strategy": "tidal_margin", "train.objective": "ce", "train.record_td": False},
      "train.record_td=true"),
     ({"al.strategy": "lloss", "train.objective": "tidal"}, "loss prediction head"),

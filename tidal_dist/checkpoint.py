@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tidal_dist import faults
 from tidal_dist.errors import UserError
 from tidal_dist.fsutil import atomic_write_json, atomic_write_text, fsync_dir
 
@@ -83,16 +84,22 @@ def latest(ckpt_root: Path) -> Path | None:
 
 
 def save(acc, model, optimizer, scheduler, td, ckpt_root: Path, epoch: int, step: int,
-         sums: torch.Tensor) -> None:
+         sums: torch.Tensor, epochs: list[dict] | None = None) -> None:
     """Collective: every rank calls it at the same step boundary. `td` (td_state.DeviceTD) is
-    gathered into the checkpoint's td/ folder by rank 0."""
+    gathered into the checkpoint's td/ folder by rank 0.
+
+    `sums` are this rank's partial-epoch loss sums; the checkpoint keeps their total over all
+    ranks (a resumed epoch's loss must cover every rank's steps, not rank 0's). `epochs` are the
+    finished epochs' statistics, so a resumed cycle still reports all of its epochs."""
     name = f"e{epoch:04d}_s{step:06d}"
+    total_sums = acc.reduce(sums.detach().clone(), reduction="sum")
     tmp = ckpt_root / f".{name}.partial"
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng.rank{acc.process_index}.pt")
+    faults.maybe_stall("in_checkpoint", ckpt_root.parent.name)
     zero = _zero_optimizer(model)
     if zero is not None:
         _save_zero_partition(zero, tmp / f"optim.rank{acc.process_index}.pt")
@@ -104,7 +111,8 @@ def save(acc, model, optimizer, scheduler, td, ckpt_root: Path, epoch: int, step
                     "scheduler": scheduler.state_dict()}, tmp / "train_state.pt")
         atomic_write_json(tmp / "meta.json", {"epoch": epoch, "step": step,
                                               "world_size": acc.num_processes,
-                                              "sums": sums.cpu().tolist()})
+                                              "sums": total_sums.cpu().tolist(),
+                                              "epochs": list(epochs or [])})
         final = ckpt_root / name
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -116,9 +124,42 @@ def save(acc, model, optimizer, scheduler, td, ckpt_root: Path, epoch: int, step
     acc.wait_for_everyone()
 
 
+def partial_sums(meta: dict, acc) -> torch.Tensor:
+    """The interrupted epoch's loss sums to continue from: the all-rank total on rank 0 (the
+    epoch's final reduce adds every rank's own), zeros elsewhere."""
+    sums = torch.zeros(len(meta["sums"]), dtype=torch.float64, device=acc.device)
+    if acc.is_main_process:
+        sums += torch.tensor(meta["sums"], dtype=torch.float64, device=acc.device)
+    return sums
+
+
+def describe_resume(meta: dict, acc, cycle: int, path: Path) -> dict:
+    """Log where training resumes; a world size other than the checkpoint's is said out loud
+    and returned for the cycle's metrics (the visit order of later epochs is the same, but the
+    per-rank BatchNorm batches differ unless train.sync_batchnorm is on)."""
+    import logging
+
+    log = logging.getLogger("tidal_dist")
+    notes: dict = {"resumed_from": {"epoch": meta["epoch"], "step": meta["step"],
+                                    "world_size": meta["world_size"]}}
+    if acc.is_main_process:
+        log.info("cycle %d: resuming at epoch %d, step %d from %s", cycle, meta["epoch"] + 1,
+                 meta["step"], path)
+    if meta["world_size"] != acc.num_processes:
+        notes["world_size_changed"] = {"checkpoint": meta["world_size"], "now": acc.num_processes,
+                                       "at_epoch": meta["epoch"]}
+        if acc.is_main_process:
+            log.warning("cycle %d: the checkpoint was written by %d process(es), this run has %d: "
+                        "training continues from epoch %d with the new split; results can differ "
+                        "from an uninterrupted %d-process run (recorded in the cycle's metrics)",
+                        cycle, meta["world_size"], acc.num_processes, meta["epoch"] + 1,
+                        meta["world_size"])
+    return notes
+
+
 def load(acc, model, optimizer, scheduler, path: Path) -> dict:
     """Collective: restore everything saved by `save` except the TD rows (the caller loads them
-    from path / "td" into its layout); returns meta (epoch, step, sums)."""
+    from path / "td" into its layout); returns meta (epoch, step, sums, epochs)."""
     meta = json.loads((path / "meta.json").read_text())
     if meta["step"] > 0 and meta["world_size"] != acc.num_processes:
         # Which samples the interrupted epoch still owes depends on how it was split.

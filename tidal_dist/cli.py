@@ -7,14 +7,19 @@
     tidal-dist train --config configs/fashion_mnist_demo.yaml    # one training cycle, no AL loop
     tidal-dist sweep --config configs/cifar10.yaml --strategies tidal_entropy,random --seeds 0,1,2 --out runs/c10
     tidal-dist report runs/c10 --out runs/c10/report                # curves, tables, data maps
+    tidal-dist run --config configs/cifar10.yaml --dry-run        # check against the data, print the plan
+    tidal-dist status runs/c10                                    # the recorded outcome, as the exit code
 
-Bad input (UserError) prints one clear line and exits with status 2; no traceback.
+Bad input (UserError) prints one clear line and exits with status 2; no traceback. Exit codes of
+run / train / status (tidal_dist/outcome.py, docs/launching.md): 0 done, 1 failed, 2 bad input,
+3 waiting for labels, 4 not finished (status only), 75 preempted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tidal_dist.errors import UserError
 
@@ -25,6 +30,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. train.epochs=10 run.dir=runs/x")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config against the dataset and the disk, print the plan "
+                        "(cycles, sizes, steps), write nothing")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="--dry-run: plan for this many processes (default: this launch's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,15 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cartography-max-classes", type=int, default=100,
                    help="export per-epoch TD for Dataset Cartography only up to this many classes "
                         "(default 100; 0 disables the export)")
+
+    p = sub.add_parser("status", help="print a run's recorded outcome and exit with its code "
+                                      "(0 done, 1 failed, 2 bad input, 3 waiting for labels, "
+                                      "4 not finished, 75 preempted)")
+    p.add_argument("target", nargs="*", metavar="RUN_DIR | KEY=VALUE",
+                   help="the run directory, or (with --config) config overrides naming it")
+    p.add_argument("--config", help="find the run directory from this config (+ overrides)")
     return parser
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from tidal_dist.data.manifest import summary
     from tidal_dist.data.shards import prepare
+    from tidal_dist.lifecycle import OUTPUT_ERRNOS
+    from tidal_dist.plan import check_output_location
 
-    manifest = prepare(args.source, args.out, shard_size=args.shard_size, skip_bad=args.skip_bad,
-                       base_url=args.base_url)
+    out = Path(args.out)
+    if not (out / "manifest.json").exists():  # a finished output is a no-op, even read-only
+        check_output_location(out, "--out")  # before reading (or downloading) the source
+    try:
+        manifest = prepare(args.source, out, shard_size=args.shard_size, skip_bad=args.skip_bad,
+                           base_url=args.base_url)
+    except OSError as e:
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        import os
+
+        raise UserError(f"--out '{out}': cannot write '{e.filename or out}': {os.strerror(e.errno)}; "
+                        f"the partial output was removed, nothing else was touched") from None
     print(summary(manifest))
     return 0
 
@@ -107,6 +137,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.root)
     source = ShardSource.of(args.root, manifest.base_url, args.shard_url)
     print(summary(manifest))
+    if not args.verify:  # problems: UserError, exit 2
+        from tidal_dist.plan import check_shards
+
+        check_shards(Path(args.root), manifest, args.shard_url)  # present and sized: no hashing
+        if not source.remote:
+            print(f"shards: all {sum(len(s.shards) for s in manifest.splits.values())} present "
+                  f"with their manifest sizes (--verify also checks their sha256)")
     if args.verify:
         problems = verify(args.root, shard_problem=source.problem)
         where = f" (shards read from {source.base})" if source.base is not None else ""
@@ -114,27 +151,50 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             for line in problems:
                 print(f"BAD: {line}", file=sys.stderr)
             print(f"verify: {len(problems)} problem(s) in {args.root}{where}", file=sys.stderr)
-            return 1
+            return EXIT_USER_ERROR
         print(f"verify: all shards match their sha256 in {args.root}/manifest.json{where}")
     return 0
+
+
+def _dry_run(args: argparse.Namespace, cfg) -> int:
+    from tidal_dist.distributed import world_size
+    from tidal_dist.plan import dry_run
+
+    if args.world_size is not None and args.world_size < 1:
+        raise UserError(f"--world-size must be >= 1 (got {args.world_size})")
+    return dry_run(cfg, args.world_size or world_size())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tidal_dist.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # config errors before the heavy imports
-    from tidal_dist.train import train_main
+    if args.dry_run:
+        return _dry_run(args, cfg)
+    from tidal_dist.lifecycle import run_command
 
-    return train_main(cfg)
+    def body() -> int:
+        from tidal_dist.train import train_main
+
+        return train_main(cfg)
+
+    return run_command(cfg, "train", body)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tidal_dist.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from tidal_dist.loop import run_main
+    if args.dry_run:
+        return _dry_run(args, cfg)
+    from tidal_dist.lifecycle import run_command
 
-    return run_main(cfg)
+    def body() -> int:
+        from tidal_dist.loop import run_main
+
+        return run_main(cfg)
+
+    return run_command(cfg, "run", body)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -149,12 +209,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report_main(args.paths, args.out, cartography_max_classes=args.cartography_max_classes)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from tidal_dist.outcome import status_main
+
+    overrides = [t for t in args.target if "=" in t]
+    if args.config or overrides:
+        from tidal_dist.config import load_config
+
+        run_dir = load_config(args.config, args.target).run.dir
+    elif len(args.target) == 1:
+        run_dir = args.target[0]
+    else:
+        raise UserError("status: give one RUN_DIR, or --config FILE [KEY=VALUE ...]")
+    return status_main(run_dir)
+
+
 COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "train": cmd_train, "run": cmd_run,
-            "sweep": cmd_sweep, "report": cmd_report}
+            "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tidal_dist.distributed import export_launcher_env
+
+    export_launcher_env()  # bare srun: torchrun's variables from SLURM's, before anyone reads them
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

@@ -83,6 +83,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward
     record_epoch_probs: bool = False  # td/epochs/probs_eXXXX.npy [N, C] per epoch (data maps)
     timeout_s: int = 300  # process-group timeout: a dead rank ends the job within this bound
+    # BatchNorm statistics over the global batch (all ranks) instead of each rank's slice: the
+    # same seed then gives the same results on any number of processes (docs/launching.md).
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -119,6 +122,9 @@ class RunConfig:
     # Accelerate trackers fed from the metrics.jsonl records (rank 0): tensorboard writes
     # RUN_DIR/tensorboard/; wandb needs the wandb package and its login.
     trackers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    # Seconds from the first stop signal to a forced exit if the checkpoint has not finished;
+    # under torchrun capped below its grace period (tidal_dist/preemption.py).
+    preempt_deadline_s: int = 60
 
 
 @dataclass
@@ -137,7 +143,8 @@ class Config:
 # config": they affect speed or how far the run goes, not what the finished cycles mean.
 MUTABLE_KEYS = frozenset(
     {"data.num_workers", "data.verify_shards", "data.shard_url", "data.cache_dir", "data.decode",
-     "al.cycles", "run.log_every", "train.timeout_s", "train.checkpoint_every", "run.trackers"}
+     "al.cycles", "run.log_every", "train.timeout_s", "train.checkpoint_every", "run.trackers",
+     "run.preempt_deadline_s"}
 )
 
 
@@ -300,6 +307,7 @@ def validate(cfg: Config) -> None:
     need(cfg.al.cycles >= 1, "al.cycles", "must be >= 1")
     need(cfg.al.subset_size == "all" or cfg.al.subset_size >= 1, "al.subset_size",
          "must be 'all' or >= 1")
+    need(cfg.run.preempt_deadline_s >= 1, "run.preempt_deadline_s", "must be >= 1")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -335,20 +343,50 @@ def flatten(cfg: Config) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, section in cfg.to_dict().items() for k, v in section.items()}
 
 
+PATH_KEYS = frozenset({"data.root", "run.dir"})  # compared as resolved paths
+
+
+def _comparable(cfg: Config) -> dict[str, Any]:
+    flat = flatten(cfg)
+    for key in PATH_KEYS:
+        if flat[key] is not None:
+            flat[key] = str(Path(flat[key]).expanduser().resolve())
+    return flat
+
+
 def diff(old: Config, new: Config, ignore: frozenset[str] = MUTABLE_KEYS) -> list[tuple[str, Any, Any]]:
     """(key, old value, new value) for every key that differs, outside `ignore`."""
-    a, b = flatten(old), flatten(new)
-    return [(k, a[k], b[k]) for k in a if a[k] != b[k] and k not in ignore]
+    a, b = _comparable(old), _comparable(new)
+    return [(k, flatten(old)[k], flatten(new)[k]) for k in a if a[k] != b[k] and k not in ignore]
 
 
 RUN_CONFIG_NAME = "config.yaml"
+
+
+def holds_results(run_dir: Path) -> bool:
+    """Whether a run directory holds anything besides its config.yaml that a restart would use."""
+    for name in ("cycles", "work", "train", "queries", "labels"):
+        folder = run_dir / name
+        if folder.is_dir() and any(folder.iterdir()):
+            return True
+    return False
+
+
+def start_over_hint(run_dir: Path) -> str:
+    """How to start over in a run dir that holds only a config.yaml (e.g. written by a version
+    that checked the config against the dataset only after writing it)."""
+    if holds_results(run_dir):
+        return ""
+    return (f"; '{run_dir}' holds no results yet, only its {RUN_CONFIG_NAME}: to start over with "
+            f"other settings, delete '{run_dir / RUN_CONFIG_NAME}' (or the whole folder)")
 
 
 def bind_run_dir(cfg: Config, write: bool) -> Path:
     """Tie `cfg` to its run directory: write the resolved config there on first use, refuse a
     directory created with a different config afterwards (listing the differing keys).
 
-    Only rank 0 passes write=True; the other ranks only check.
+    Only rank 0 passes write=True; the other ranks only check. Paths (data.root, run.dir) are
+    compared resolved, so `runs/x` and `./runs/x/` are the same run.
     """
     from tidal_dist.fsutil import atomic_write_text
 
@@ -357,14 +395,15 @@ def bind_run_dir(cfg: Config, write: bool) -> Path:
     if saved_path.exists():
         try:
             saved = config_from_dict(yaml.safe_load(saved_path.read_text()) or {}, str(saved_path))
-        except UserError as e:
-            raise UserError(f"run directory '{run_dir}' holds a config this version cannot read: {e}") from None
+        except (UserError, yaml.YAMLError) as e:
+            raise UserError(f"run directory '{run_dir}' holds a config this version cannot read: "
+                            f"{e}{start_over_hint(run_dir)}") from None
         changed = diff(saved, cfg)
         if changed:
             lines = "\n".join(f"  {k}: {a!r} (run dir) != {b!r} (now)" for k, a, b in changed)
             raise UserError(
                 f"run directory '{run_dir}' was created with a different config:\n{lines}\n"
-                f"use another run.dir, or the same settings to resume"
+                f"use another run.dir, or the same settings to resume{start_over_hint(run_dir)}"
             )
         if write and diff(saved, cfg, ignore=frozenset()):
             atomic_write_text(saved_path, to_yaml(cfg))  # record the new mutable values

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tidal_dist import preemption
 from tidal_dist.inference import predict
 
 
@@ -21,6 +22,8 @@ def evaluate(session, split: str = "test", ids: np.ndarray | None = None) -> dic
         y = y.to(acc.device)
         counts[0] += (out["logits"].argmax(dim=1) == y).sum()
         counts[1] += y.numel()
+    # A stop request ends the loop early on the rank that got it: agree before counting.
+    preemption.raise_if_agreed(acc.device, f"evaluation on the {split} split")
     counts = acc.reduce(counts, reduction="sum")
     correct, seen = int(counts[0]), int(counts[1])
     expected = session.manifest.split(split).num_samples if ids is None else len(ids)

@@ -3,6 +3,11 @@ reaches that point in cycle 1 kill itself with SIGKILL (append `@rank1` to pick 
 `TIDAL_DIST_CRASH_AT=epoch:2:3` kills at step 3 of epoch 2 (0-based) of any cycle, and
 `raise_epoch:2:3` raises an exception there instead (a rank failing with a Python error).
 
+`TIDAL_DIST_CRASH_AT=stall_in_checkpoint:1` makes a process hang inside every checkpoint save of
+cycle 1 (after its RNG file is written), to test the stop deadline; `slow_inference` makes every
+evaluation / scoring batch take half a second longer (a window to signal a run in those phases);
+`sigterm_epoch:1:2` makes the process send itself SIGTERM at step 2 of epoch 1.
+
 Unset (always, outside tests) it does nothing. A real kill -9 is the point: no handler, no
 cleanup, no flushed buffers beyond what the code already committed.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 def _spec() -> tuple[str, str] | None:
@@ -34,6 +40,19 @@ def maybe_crash(point: str, cycle: int) -> None:
         _die()
 
 
+def maybe_stall(point: str, cycle_folder: str) -> None:
+    spec = _spec()
+    if spec is not None and spec[0] == f"stall_{point}" and cycle_folder == f"cycle_{int(spec[1]):04d}":
+        while True:  # what a hung filesystem or a stuck collective looks like from here
+            time.sleep(1)
+
+
+def maybe_slow(point: str) -> None:
+    spec = _spec()
+    if spec is not None and spec[0] == f"slow_{point}":
+        time.sleep(0.5)
+
+
 def maybe_crash_in_epoch(epoch: int, step: int) -> None:
     spec = _spec()
     if spec is None or spec[1] != f"{epoch}:{step}":
@@ -42,3 +61,5 @@ def maybe_crash_in_epoch(epoch: int, step: int) -> None:
         _die()
     if spec[0] == "raise_epoch":
         raise RuntimeError(f"injected failure at epoch {epoch}, step {step}")
+    if spec[0] == "sigterm_epoch":
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -64,3 +64,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def new_memmap(path: str | os.PathLike, dtype, shape: tuple[int, ...]):
+    """np.lib.format.open_memmap(path, "w+", ...) with the file's blocks allocated up front.
+
+    A fresh memmap file is sparse: on a full disk its pages fail only when first written, and a
+    process writing to a memory map it cannot back dies of SIGBUS with no message. Allocating
+    the blocks now turns that into an OSError (ENOSPC) naming the file."""
+    import numpy as np
+
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        del array
+        raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+    finally:
+        os.close(fd)
+    return array

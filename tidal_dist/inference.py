@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from tidal_dist import faults, preemption
 from tidal_dist.data.readers import StreamingDataset, stream_loader
 from tidal_dist.data.tensor_decode import TensorDecoder, collate_raw, raw_bytes, use_tensor_decode
 from tidal_dist.data.transforms import build_transform
@@ -43,6 +44,9 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
     try:
         with torch.inference_mode():
             for batch_ids, x, y in loader:
+                if preemption.requested():
+                    break  # the caller agrees on the stop with the other ranks after its loop
+                faults.maybe_slow("inference")
                 x = decoder(x) if decoder else x
                 with acc.autocast():
                     out = model(session.to_device(x, model))

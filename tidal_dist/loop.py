@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tidal_dist import faults, preemption
+from tidal_dist import faults, outcome, preemption
 from tidal_dist.config import Config, bind_run_dir, candidate_seed, flatten
 from tidal_dist.data.manifest import Manifest, load_labels
-from tidal_dist.errors import UserError
 from tidal_dist.evaluate import evaluate
 from tidal_dist.fsutil import atomic_write, atomic_write_json, fsync_dir
-from tidal_dist.oracle import LabelsPending, export_queries, label_queries, queries_path
+from tidal_dist.oracle import export_queries, label_queries, queries_path
 from tidal_dist.pool import initial_labeled_set, pool_ids, validation_ids
 from tidal_dist.runtime import seed_everything
 from tidal_dist.analysis import score_ablation
@@ -45,8 +44,6 @@ from tidal_dist.telemetry import Telemetry, check_trackers
 from tidal_dist.train import train_cycle
 
 log = logging.getLogger("tidal_dist")
-
-EXIT_LABELS_PENDING = 3
 
 
 def cycle_dir(run_dir: Path, k: int) -> Path:
@@ -99,26 +96,41 @@ def _load_model(path: Path, model: torch.nn.Module) -> None:
 
 def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids: np.ndarray,
                        labels: np.ndarray) -> dict:
-    """Phase 1 of a cycle, skipped when work/trained/ already holds its result."""
+    """Phase 1 of a cycle. work/trained/ marks its progress: train.json once training is done
+    (then model.pt holds the trained weights), metrics.json once evaluation is done too."""
     acc = session.accelerator
     trained = work / "trained"
     if (trained / "metrics.json").exists():
         _load_model(trained / "model.pt", acc.unwrap_model(session.model))
+        if acc.is_main_process:
+            log.info("cycle %d: training and evaluation finished before the restart (%s); "
+                     "resuming at scoring", k, trained)
         return json.loads((trained / "metrics.json").read_text())
-    t0 = time.time()
-    result = train_cycle(session, ids, labels, work, cycle=k)
+    if (trained / "train.json").exists():
+        _load_model(trained / "model.pt", acc.unwrap_model(session.model))
+        out = json.loads((trained / "train.json").read_text())
+        if acc.is_main_process:
+            log.info("cycle %d: training finished before the restart (%s); resuming at evaluation",
+                     k, trained)
+    else:
+        t0 = time.time()
+        result = train_cycle(session, ids, labels, work, cycle=k)
+        out = {"train": [e.to_dict() for e in result.epochs], "seconds": {"train": time.time() - t0},
+               **result.notes}
+        if acc.is_main_process:
+            _save_model(trained / "model.pt", acc.unwrap_model(session.model))
+            atomic_write_json(trained / "train.json", out)  # after model.pt: the phase marker
+        acc.wait_for_everyone()
     t1 = time.time()
     metrics = evaluate(session)
-    out = {"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"],
-           "train": [e.to_dict() for e in result.epochs]}
+    out.update({"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"]})
     if session.cfg.al.val_size:
         val = evaluate(session, "pool", ids=validation_ids(session.cfg))
         out.update(val_accuracy=val["accuracy"], val_samples=val["num_samples"])
-    out["seconds"] = {"train": t1 - t0, "evaluate": time.time() - t1}
+    out["seconds"]["evaluate"] = time.time() - t1
     session.telemetry.phase(k, "evaluate", out["seconds"]["evaluate"], metrics["num_samples"],
                             accuracy=metrics["accuracy"])
     if acc.is_main_process:
-        _save_model(trained / "model.pt", acc.unwrap_model(session.model))
         atomic_write_json(trained / "metrics.json", out)  # last: the phase marker
     acc.wait_for_everyone()
     return out
@@ -158,8 +170,8 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
         queried_labels = pool_labels[queried["ids"] - first]
         metrics.update({
             "cycle": k, "labeled": len(ids), "candidates": len(candidates),
-            "queried": len(queried["ids"]), "strategy": strategy.name,
-            "objective": session.objective.name,
+            "queried": len(queried["ids"]), "unlabeled": len(unlabeled),
+            "strategy": strategy.name, "objective": session.objective.name,
             "subset_seed": subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
@@ -258,31 +270,25 @@ def plot_accuracy(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-def check_set_budget(cfg: Config, strategy: Strategy) -> None:
-    """A set-based strategy selects al.budget distinct candidates: every cycle must have that many."""
-    if not strategy.set_based:
-        return
-    pool = len(pool_ids(cfg)[0])
-    for k in range(cfg.al.cycles):
-        unlabeled = pool - cfg.al.initial - k * cfg.al.budget
-        candidates = unlabeled if cfg.al.subset_size == "all" else min(cfg.al.subset_size, unlabeled)
-        if cfg.al.budget > candidates:
-            raise UserError(f"config key 'al.budget': strategy '{strategy.name}' selects "
-                            f"{cfg.al.budget} of the candidates, but cycle {k} has only "
-                            f"{max(candidates, 0)} (al.subset_size={cfg.al.subset_size}, "
-                            f"{pool} pool samples); lower al.budget or al.cycles")
+def pool_exhausted(run_dir: Path, k: int) -> bool:
+    """Cycle k-1 found no unlabeled sample left to query: it trained on the whole pool."""
+    if k == 0:
+        return False
+    metrics = json.loads((cycle_dir(run_dir, k - 1) / "metrics.json").read_text())
+    return metrics.get("candidates", 1) == 0
 
 
 def run_main(cfg: Config, end_training: bool = True) -> int:
-    """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir. A sweep running
-    several runs in the same processes passes end_training=False to keep the process group."""
-    check_set_budget(cfg, get_strategy(cfg.al.strategy))  # fails now, not after a cycle's training
+    """`tidal-dist run`: start, or continue, the experiment in cfg.run.dir. Stops (LabelsPending,
+    preemption.Preempted) propagate to lifecycle.run_command, which records the outcome. A sweep
+    running several runs in the same processes passes end_training=False to keep the process
+    group."""
     check_trackers(cfg.run.trackers)
     session = build_session(cfg)
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)
     acc.wait_for_everyone()
-    preemption.install()
+    outcome.running()
     if acc.is_main_process:
         for leftover in (run_dir / "cycles").glob(".*.partial"):
             shutil.rmtree(leftover)  # a commit killed before its rename: redone below
@@ -297,16 +303,16 @@ def run_main(cfg: Config, end_training: bool = True) -> int:
                                        committed_cycles=done, world_size=acc.num_processes)
     try:
         for k in range(done, cfg.al.cycles):
+            if pool_exhausted(run_dir, k):
+                message = (f"the pool ran out: cycle {k - 1} trained on every pool sample and had "
+                           f"nothing left to query; the run ends after {k} of "
+                           f"al.cycles={cfg.al.cycles} cycles")
+                if acc.is_main_process:
+                    print(f"tidal-dist run: {message}", flush=True)
+                outcome.note(message)
+                break
+            preemption.raise_if_agreed(acc.device, f"the start of cycle {k}")
             run_cycle(session, run_dir, k)
-    except LabelsPending as e:
-        if acc.is_main_process:
-            print(f"tidal-dist run: waiting for labels: {e}", flush=True)
-        return EXIT_LABELS_PENDING
-    except preemption.Preempted as e:
-        if acc.is_main_process:
-            print(f"tidal-dist run: preempted at {e}; checkpoint saved, run the same command "
-                  f"again to continue", flush=True)
-        return preemption.EXIT_PREEMPTED
     finally:
         session.telemetry.close()
     if acc.is_main_process:
@@ -315,11 +321,12 @@ def run_main(cfg: Config, end_training: bool = True) -> int:
         summary = write_results(run_dir)
         last = summary["cycles"][-1] if summary["cycles"] else None
         if last:
-            print(f"tidal-dist run: {len(summary['cycles'])} cycles done; final accuracy "
-                  f"{last['accuracy']:.4f} with {last['labeled']} labels; results in "
-                  f"{run_dir}/results.md and {run_dir}/cycles/", flush=True)
+            message = (f"{len(summary['cycles'])} cycles done; final accuracy "
+                       f"{last['accuracy']:.4f} with {last['labeled']} labels")
+            print(f"tidal-dist run: {message}; results in {run_dir}/results.md and "
+                  f"{run_dir}/cycles/", flush=True)
+            outcome.note(message)
     acc.wait_for_everyone()
     if end_training:
         acc.end_training()
     return 0
-

@@ -51,11 +51,18 @@ def read_labels_file(path: Path, queried: np.ndarray, manifest: Manifest) -> np.
     problems: list[str] = []
     found: dict[int, int] = {}
     try:
-        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+        # utf-8-sig drops the byte-order mark spreadsheet programs write; splitlines() takes
+        # CRLF (and CR) line ends as well as LF.
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"labels file '{path}': cannot read it: {e}") from None
+    header = lines[0] if lines else ""
+    # Spreadsheets in some locales separate columns with ';' (or export tabs).
+    delimiter = next((d for d in (",", ";", "\t") if d in header), ",")
+    rows = list(csv.reader(lines, delimiter=delimiter))
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"]:
-        raise UserError(f"labels file '{path}': expected a header line 'id,label'")
+        raise UserError(f"labels file '{path}': expected a header line 'id,label' (comma, "
+                        f"semicolon or tab separated)")
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue

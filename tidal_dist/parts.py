@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tidal_dist.fsutil import new_memmap
+
 
 @dataclass(frozen=True)
 class Field:
@@ -35,9 +37,8 @@ class PartWriter:
                  fields: dict[str, Field]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.fields = {"ids": Field(np.int64), **fields}
-        self.arrays = {name: np.lib.format.open_memmap(part_path(folder, prefix, name, rank),
-                                                       mode="w+", dtype=f.dtype,
-                                                       shape=f.shape(max(capacity, 1)))
+        self.arrays = {name: new_memmap(part_path(folder, prefix, name, rank), f.dtype,
+                                        f.shape(max(capacity, 1)))
                        for name, f in self.fields.items()}
         self.arrays["ids"][:] = -1
         self.n = 0
@@ -82,7 +83,7 @@ def _merge_vectors(folder: Path, prefix: str, name: str, counts: list[int], orde
                    f: Field, chunk: int = 65536) -> np.ndarray:
     """Scatter each rank's rows to their place in id order, in chunks (flat memory)."""
     out_path = folder / f"{prefix}_{name}.merged.npy"
-    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=f.dtype, shape=f.shape(len(order)))
+    out = new_memmap(out_path, f.dtype, f.shape(len(order)))
     place = np.empty(len(order), dtype=np.int64)
     place[order] = np.arange(len(order))  # row i of the concatenation goes to place[i]
     start = 0

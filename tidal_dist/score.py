@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tidal_dist import preemption
 from tidal_dist.analysis import module_kl_sums
 from tidal_dist.fsutil import atomic_write
 from tidal_dist.inference import predict
@@ -97,6 +98,8 @@ def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Pat
         bar.update(len(ids) * acc.num_processes)  # an estimate of global progress, from rank 0's share
     bar.close()
     writer.close()
+    # A stop request ends the loop early on the rank that got it; scoring restarts on resume.
+    preemption.raise_if_agreed(acc.device, "scoring")
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None

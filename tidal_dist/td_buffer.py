@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tidal_dist.errors import UserError
+from tidal_dist.fsutil import new_memmap
 
 _FILES = ("ids.npy", "sum.npy", "count.npy", "stats.npy")
 STATS_COLUMNS = ("sum_gold", "sum_gold_sq", "correct")
@@ -131,8 +132,7 @@ def write_buffers(folder: str | os.PathLike, ids: np.ndarray, num_classes: int,
         raise ValueError("TD buffer ids must be ascending and unique")
     specs = {"sum": ((len(ids), num_classes), np.float32), "count": ((len(ids),), np.int32),
              "stats": ((len(ids), len(STATS_COLUMNS)), np.float64)}
-    arrays = {name: np.lib.format.open_memmap(folder / f".{name}.npy.tmp", mode="w+", dtype=dtype,
-                                              shape=shape)
+    arrays = {name: new_memmap(folder / f".{name}.npy.tmp", dtype, shape)
               for name, (shape, dtype) in specs.items()}
     fill(arrays)
     for name, arr in arrays.items():
@@ -157,10 +157,8 @@ class VisitRecorder:
         self.ids_path = folder / f"visit_ids.rank{rank}.npy"
         self.probs_path = folder / f"visits.rank{rank}.npy"
         self.capacity = capacity
-        self.ids = np.lib.format.open_memmap(self.ids_path, mode="w+", dtype=np.int64,
-                                             shape=(capacity,))
-        self.probs = np.lib.format.open_memmap(self.probs_path, mode="w+", dtype=np.float32,
-                                               shape=(capacity, num_classes))
+        self.ids = new_memmap(self.ids_path, np.int64, (capacity,))
+        self.probs = new_memmap(self.probs_path, np.float32, (capacity, num_classes))
         self.n = 0
         self.ids[:] = -1
 

@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from tidal_dist.data.readers import epoch_order, padded_length
 from tidal_dist.errors import UserError
-from tidal_dist.fsutil import atomic_write
+from tidal_dist.fsutil import atomic_write, new_memmap
 from tidal_dist.td_buffer import STATS_COLUMNS, TDBuffer, write_buffers
 
 AUX_COLUMNS = ("count", *STATS_COLUMNS)
@@ -259,9 +259,8 @@ class DeviceTD:
         def fill(arrays: dict[str, np.ndarray]) -> None:
             buffers.update(arrays)
             if self.epoch_probs is not None:
-                buffers["epoch_probs"] = np.lib.format.open_memmap(
-                    Path(folder) / ".epoch_probs.npy.tmp", mode="w+", dtype=np.float32,
-                    shape=(len(self.ids), self.num_classes))
+                buffers["epoch_probs"] = new_memmap(Path(folder) / ".epoch_probs.npy.tmp",
+                                                    np.float32, (len(self.ids), self.num_classes))
             self._gathered(tensors, visit)
             if "epoch_probs" in buffers:
                 buffers.pop("epoch_probs").flush()

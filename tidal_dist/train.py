@@ -52,12 +52,19 @@ class EpochStats:
     def to_dict(self) -> dict:
         return {"loss": self.loss, **self.parts, "samples": self.samples, "seconds": self.seconds}
 
+    @staticmethod
+    def from_dict(d: dict) -> "EpochStats":
+        fixed = ("loss", "samples", "seconds")
+        return EpochStats(loss=d["loss"], samples=d["samples"], seconds=d["seconds"],
+                          parts={k: v for k, v in d.items() if k not in fixed})
+
 
 @dataclass
 class CycleResult:
     epochs: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
     engine: str = ""  # the prepared model's type: DistributedDataParallel, DeepSpeedEngine, ...
+    notes: dict = field(default_factory=dict)  # e.g. resumed with another world size: metrics
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, object]:
@@ -99,13 +106,13 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     start_epoch, start_step = 0, 0
     # Per epoch: loss, each objective term, number of valid rows (sums over this rank's rows).
     sums = torch.zeros(len(part_names) + 2, dtype=torch.float64, device=acc.device)
+    result = CycleResult(engine=type(model).__name__)
     if resume is not None:
         meta = checkpoint.load(acc, model, optimizer, scheduler, resume)
         start_epoch, start_step = meta["epoch"], meta["step"]
-        sums = torch.tensor(meta["sums"], dtype=torch.float64, device=acc.device)
-        if acc.is_main_process:
-            log.info("cycle %d: resuming at epoch %d, step %d from %s", cycle, start_epoch + 1,
-                     start_step, resume)
+        sums = checkpoint.partial_sums(meta, acc)
+        result.epochs = [EpochStats.from_dict(e) for e in meta.get("epochs", [])]
+        result.notes = checkpoint.describe_resume(meta, acc, cycle, resume)
     batch = per_rank_batch(cfg.train.batch_size, world)
     seed = epoch_seed(cfg, cycle)
     if session.records_td:
@@ -117,7 +124,6 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
     if resume is not None:
         td.load(resume / "td")
     batches = build_batches(session, labeled_ids, batch, announce=acc.is_main_process)
-    result = CycleResult(engine=type(model).__name__)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
         skip = start_step if epoch == start_epoch else 0
@@ -157,7 +163,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                     loss=total.item(), **{p: parts[p].item() for p in part_names})
                 bar.set_postfix(loss=f"{total.item():.3f}")
             if preemption.agreed(acc.device):
-                checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch, step + 1, sums)
+                checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch, step + 1,
+                                sums, epochs=[e.to_dict() for e in result.epochs])
                 raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
         bar.close()
         lr = scheduler.get_last_lr()[0]  # the rate this epoch trained with
@@ -178,7 +185,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
             session.telemetry.epoch(cycle, epoch, cfg.train.epochs, lr=lr, **stats.to_dict())
         every = cfg.train.checkpoint_every
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
-            checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch + 1, 0, sums)
+            checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch + 1, 0, sums,
+                            epochs=[e.to_dict() for e in result.epochs])
     td.save(td_dir)  # rank 0 writes the committed buffers, in id order
     acc.wait_for_everyone()
     sync_buffers(session.model)
@@ -213,9 +221,13 @@ def train_main(cfg: Config) -> int:
     from tidal_dist.fsutil import atomic_write_json
     from tidal_dist.pool import initial_labeled_set
 
+    from tidal_dist import outcome
+
     session = build_session(cfg)
     acc = session.accelerator
     run_dir = bind_run_dir(cfg, write=acc.is_main_process)
+    acc.wait_for_everyone()
+    outcome.running()
     labeled = initial_labeled_set(cfg)
     labels = load_labels(cfg.data.root, "pool")[labeled - session.manifest.split("pool").first_id]
     result = train_cycle(session, labeled, labels, run_dir / "train", cycle=0)

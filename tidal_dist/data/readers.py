@@ -270,8 +270,12 @@ def stream_loader(dataset: StreamingDataset, batch_size: int, num_workers: int,
                   collate: Callable | None = None) -> DataLoader:
     """Batches of (ids, images, labels). Never pass it to accelerator.prepare: Accelerate would
     re-dispatch an iterable dataset from rank 0 and break the exactly-once split."""
+    from tidal_dist.preemption import loader_worker_init
+
+    # Workers survive a process group's stop signal and hand it to their rank (preemption.py).
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                      collate_fn=collate or collate_samples, persistent_workers=False)
+                      collate_fn=collate or collate_samples, persistent_workers=False,
+                      worker_init_fn=loader_worker_init)
 
 
 # ----------------------------------------------------------------------------------------------

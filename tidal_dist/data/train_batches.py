@@ -68,10 +68,14 @@ class LoaderBatches:
         self.session, self.batch = session, batch
         self.sampler = VisitSampler()
         workers = session.cfg.data.num_workers
+        from tidal_dist.preemption import loader_worker_init
+
         self.loader = DataLoader(LabeledDataset(session.reader(), labeled_ids), batch_size=batch,
                                  sampler=self.sampler, num_workers=workers,
                                  persistent_workers=workers > 0,
-                                 pin_memory=torch.cuda.is_available())
+                                 pin_memory=torch.cuda.is_available(),
+                                 # survive a process group's stop signal, hand it to the rank
+                                 worker_init_fn=loader_worker_init)
 
     def epoch(self, rank_ids: np.ndarray, valid: np.ndarray, epoch_seed: int, epoch: int,
               skip: int, model) -> Iterator[torch.Tensor]:

@@ -76,9 +76,12 @@ def execute(sweep: Sweep, indices: list[int], launcher: str | None, jobs: int = 
 
 
 def run_in_process(run: PlannedRun) -> int:
+    """As `tidal-dist run` would: checked before anything is written, outcome recorded."""
+    from tidal_dist.lifecycle import run_command
     from tidal_dist.loop import run_main
 
-    return run_main(run_config(run), end_training=False)
+    cfg = run_config(run)
+    return run_command(cfg, "run", lambda: run_main(cfg, end_training=False))
 
 
 def run_subprocess(sweep: Sweep, run: PlannedRun, launcher: str) -> int:
