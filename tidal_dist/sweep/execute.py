@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 import shlex
 import signal
 import subprocess
@@ -84,36 +86,57 @@ def run_in_process(run: PlannedRun) -> int:
     return run_command(cfg, "run", lambda: run_main(cfg, end_training=False))
 
 
-def run_subprocess(sweep: Sweep, run: PlannedRun, launcher: str) -> int:
-    """`LAUNCHER -m tidal_dist run ...` in its own process group. SIGTERM / SIGUSR1 / SIGINT sent
-    to the sweep go to that whole group (so the run's processes checkpoint even when the launcher
-    itself would die of the signal); after a TERM or USR1 the sweep reports preemption (75)."""
-    cmd = command(run, launcher)
-    if cmd[0] == "python":
-        cmd[0] = sys.executable  # the interpreter this sweep runs in, not whatever is on PATH
-    try:
-        child = subprocess.Popen(cmd, cwd=sweep.cwd, start_new_session=True)
-    except FileNotFoundError:
-        raise UserError(f"--launcher: cannot start '{cmd[0]}' (not found on PATH)") from None
+@contextmanager
+def forwarding_stop_signals(children: Callable[[], Iterable[subprocess.Popen]]):
+    """While inside: SIGTERM / SIGUSR1 / SIGINT sent to the sweep go to every child's whole
+    process group (so the runs checkpoint even when a launcher would die of the signal). Yields
+    the list of signals received."""
     received: list[int] = []
 
     def forward(signum, frame):  # noqa: ARG001
         received.append(signum)
-        try:
-            os.killpg(child.pid, signum)
-        except ProcessLookupError:
-            pass
+        for child in list(children()):
+            try:
+                os.killpg(child.pid, signum)
+            except ProcessLookupError:
+                pass
 
-    sigs = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-    previous = {s: signal.signal(s, forward) for s in sigs}
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
-        rc = child.wait()
+        yield received
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if rc != 0 and any(s in (signal.SIGTERM, signal.SIGUSR1) for s in received):
-        return EXIT_PREEMPTED
+
+
+def preempted_by(received: list[int]) -> bool:
+    return any(s in (signal.SIGTERM, signal.SIGUSR1) for s in received)
+
+
+def exit_status(rc: int) -> int:
     return rc if rc >= 0 else 128 - rc  # killed by a signal: the shell's convention
+
+
+def start(sweep: Sweep, run: PlannedRun, launcher: str, **popen) -> subprocess.Popen:
+    cmd = command(run, launcher)
+    if cmd[0] == "python":
+        cmd[0] = sys.executable  # the interpreter this sweep runs in, not whatever is on PATH
+    try:
+        return subprocess.Popen(cmd, cwd=sweep.cwd, start_new_session=True, **popen)
+    except FileNotFoundError:
+        raise UserError(f"--launcher: cannot start '{cmd[0]}' (not found on PATH)") from None
+
+
+def run_subprocess(sweep: Sweep, run: PlannedRun, launcher: str) -> int:
+    """`LAUNCHER -m tidal_dist run ...` in its own process group. SIGTERM / SIGUSR1 / SIGINT sent
+    to the sweep go to that whole group (so the run's processes checkpoint even when the launcher
+    itself would die of the signal); after a TERM or USR1 the sweep reports preemption (75)."""
+    child = start(sweep, run, launcher)
+    with forwarding_stop_signals(lambda: [child]) as received:
+        rc = child.wait()
+    if rc != 0 and preempted_by(received):
+        return EXIT_PREEMPTED
+    return exit_status(rc)
 
 
 def execute_parallel(sweep: Sweep, indices: list[int], launcher: str, jobs: int) -> int:
@@ -130,53 +153,27 @@ def execute_parallel(sweep: Sweep, indices: list[int], launcher: str, jobs: int)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
     (sweep.out / "logs").mkdir(parents=True, exist_ok=True)
     running: dict[subprocess.Popen, PlannedRun] = {}
-    received: list[int] = []
-
-    def forward(signum, frame):  # noqa: ARG001
-        received.append(signum)
-        for child in running:
-            try:
-                os.killpg(child.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    sigs = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-    previous = {s: signal.signal(s, forward) for s in sigs}
     first_failure = 0
-    try:
-        while todo or running:
+    with forwarding_stop_signals(lambda: running) as received:
+        while running or (todo and not first_failure and not received):
             while todo and len(running) < jobs and not first_failure and not received:
                 run = sweep.runs[todo.pop(0)]
-                cmd = command(run, launcher)
-                if cmd[0] == "python":
-                    cmd[0] = sys.executable
                 log_path = sweep.out / "logs" / f"{run.name.replace('/', '_')}.log"
                 with open(log_path, "ab") as log_file:
-                    try:
-                        child = subprocess.Popen(cmd, cwd=sweep.cwd, env=env, stdout=log_file,
-                                                 stderr=subprocess.STDOUT, start_new_session=True)
-                    except FileNotFoundError:
-                        raise UserError(f"--launcher: cannot start '{cmd[0]}' (not found on "
-                                        f"PATH)") from None
+                    child = start(sweep, run, launcher, env=env, stdout=log_file,
+                                  stderr=subprocess.STDOUT)
                 running[child] = run
                 say(f"{run.name}: started in {sweep.run_dir(run)} (log {log_path})")
-            if not todo or len(running) >= jobs or first_failure or received:
-                time.sleep(0.5)
+            time.sleep(0.5)
             for child in [c for c in running if c.poll() is not None]:
-                run, rc = running.pop(child), child.returncode
+                run, rc = running.pop(child), exit_status(child.returncode)
                 if rc == 0:
                     say(f"{run.name}: finished")
                     continue
-                rc = rc if rc >= 0 else 128 - rc
                 say(f"{run.name} stopped with exit code {rc}; no new run starts (run the same "
                     f"command again to continue)")
                 first_failure = first_failure or rc
-            if received and not running:
-                break
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received and any(s in (signal.SIGTERM, signal.SIGUSR1) for s in received):
+    if preempted_by(received):
         return EXIT_PREEMPTED
     if not first_failure:
         say(f"{len(indices)} run(s) finished in {sweep.out}; compare them with "
