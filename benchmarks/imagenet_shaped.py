@@ -39,6 +39,7 @@ SETTINGS = {
 
 def worker(stats_dir: Path, overrides: list[str]) -> int:
     """One rank: `tidal-dist run` with timers around the TD exchange / commit."""
+    from benchmarks.scoring import peak_rss_kib
     from tidal_dist import td_state
     from tidal_dist.cli import main
 
@@ -58,7 +59,7 @@ def worker(stats_dir: Path, overrides: list[str]) -> int:
     t0 = time.time()
     rc = main(["run", *overrides])
     stats = {"rank": rank, "rc": rc, "seconds": time.time() - t0,
-             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "peak_rss_mib": peak_rss_kib() / 1024,
              "peak_rss_loader_workers_mib":
                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, **timings}
     stats_dir.mkdir(parents=True, exist_ok=True)
