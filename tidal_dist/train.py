@@ -19,7 +19,6 @@ accelerator.prepare; the data does not (we split it ourselves, exactly once).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
