@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cpu-dry-run", action="store_true")
     ap.add_argument("--work", default=None)
     args = ap.parse_args(argv)
-    from benchmarks.common import machine, write
+    from benchmarks.common import write
     from tidal_dist.data.shards import prepare
 
     if not args.cpu_dry_run and not torch.cuda.is_available():

@@ -23,7 +23,6 @@ folds them): kept as the baseline of benchmarks/td_gather.py. See docs/td-gather
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,24 +99,6 @@ class TDBuffer:
         """p̄ for every row (zeros for a row never visited)."""
         count = np.maximum(np.asarray(self.count), 1)[:, None]
         return np.asarray(self.sum) / count
-
-    def copy_to(self, dest: str | os.PathLike) -> None:
-        """Snapshot for a checkpoint (dest is written fresh; caller makes it atomic)."""
-        self.flush()
-        dest = Path(dest)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in _FILES:
-            shutil.copyfile(self.folder / name, dest / name)
-
-    @staticmethod
-    def restore(snapshot: str | os.PathLike, folder: str | os.PathLike) -> None:
-        """Rank 0 only: replace the live buffers by a checkpoint's snapshot."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in _FILES:
-            tmp = folder / f".{name}.restore"
-            shutil.copyfile(Path(snapshot) / name, tmp)
-            os.replace(tmp, folder / name)
 
 
 def write_buffers(folder: str | os.PathLike, ids: np.ndarray, num_classes: int,

@@ -25,6 +25,7 @@ checkpoints the rows are gathered to rank 0, which writes the committed buffers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,7 +213,8 @@ class DeviceTD:
         self._set_slot(plan.new_slot)
         self.layout = new
 
-    def _gathered(self, tensors: dict[str, torch.Tensor], visit: callable) -> None:
+    def _gathered(self, tensors: dict[str, torch.Tensor],
+                  visit: Callable[[str, np.ndarray, np.ndarray], None]) -> None:
         """Rank 0 gets, chunk by chunk, every rank's held rows: visit(name, id_rows, values).
         Collective; every rank has the same number of storage rows."""
         world = self.layout.world_size
