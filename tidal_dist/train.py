@@ -20,6 +20,7 @@ split it ourselves, exactly once).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -24,7 +24,6 @@ from tidal_dist.config import MUTABLE_KEYS, load_config
 from tidal_dist.data.locations import ShardSource
 from tidal_dist.data.manifest import load_manifest, summary
 from tidal_dist.data.readers import RandomAccessReader, StreamingDataset, stream_loader
-from tidal_dist.data.shard_cache import ShardCache
 from tidal_dist.data.shards import prepare
 from tidal_dist.data.transforms import build_transform
 from tidal_dist.errors import UserError
