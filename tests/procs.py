@@ -112,6 +112,17 @@ def wait_for(path: Path, job: Job | None = None, timeout: float = 180) -> None:
         time.sleep(0.05)
 
 
+def wait_for_training(run_dir: Path, job: Job | None = None, timeout: float = 180) -> None:
+    """Until rank 0 has logged a finished training epoch in RUN_DIR/metrics.jsonl (the ranks are
+    inside their training loop)."""
+    path = run_dir / "metrics.jsonl"
+
+    def trained() -> bool:
+        return path.exists() and '"event":"epoch"' in path.read_text()
+
+    wait_until(trained, f"a training epoch in {path}", job, timeout)
+
+
 def wait_until(predicate, what: str, job: Job | None = None, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while not predicate():

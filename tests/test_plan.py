@@ -21,11 +21,12 @@ STAND_INS = {
     "cifar100.yaml": ("synthetic:400,100,32x32,3", 200),
     "fashion_mnist.yaml": ("synthetic:300,10,28x28,1", 200),
     "fashion_mnist_demo.yaml": ("synthetic:300,10,28x28,1", 200),
+    "fashion_mnist_study.yaml": ("synthetic:300,10,28x28,1", 200),
     "inat2018.yaml": ("synthetic:200,8142,16x12,3", 4096),
 }
 # The protocols label thousands of samples; the stand-ins hold hundreds, so the tests shrink the
 # sizes that must fit the pool (and nothing else: cycles, batch, epochs, model stay the config's).
-SHRINK = ["al.initial=20", "al.budget=10", "al.subset_size=50"]
+SHRINK = ["al.initial=20", "al.budget=10", "al.subset_size=50", "al.val_size=30"]
 
 
 def dry_run(capsys, config, *overrides, world=None):

@@ -46,16 +46,21 @@ def test_bars_only_on_a_terminal(monkeypatch):
     os.close(read_end)
 
 
-def test_a_long_phase_prints_a_line_per_interval_with_rate_and_eta(caplog):
+def test_a_long_phase_prints_a_line_per_interval_with_rate_and_eta():
     bar = LineProgress(range(10), desc="cycle 0 epoch 1/5", unit="batches", interval_s=0.0)
-    with caplog.at_level(logging.INFO, logger="tidal_dist"):
-        logger = logging.getLogger("tidal_dist")
-        logger.propagate, was = True, logger.propagate
-        try:
-            assert list(bar) == list(range(10))
-        finally:
-            logger.propagate = was
-    lines = [r.getMessage() for r in caplog.records]
+    logger = logging.getLogger("tidal_dist")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # exactly the records of this logger, whatever else is set up
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert list(bar) == list(range(10))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 10
     assert lines[3].startswith("cycle 0 epoch 1/5: 4/10 batches (") and "ETA" in lines[3]
 

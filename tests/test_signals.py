@@ -17,11 +17,11 @@ import torch
 
 from tests.mp import run_module, tail, torchrun
 from tests.procs import (loader_worker_pids, rank_pids, signal_group, start, wait_for,
-                         wait_until)
+                         wait_for_training, wait_until)
 from tidal_dist import outcome
 from tidal_dist.preemption import EXIT_PREEMPTED
 
-EPOCHS = 12
+EPOCHS = 30
 
 
 class _Slow(torch.utils.data.Dataset):
@@ -58,7 +58,9 @@ def test_loader_workers_forward_stop_signals_and_obey_their_rank(tmp_path):
 
 
 def args_for(root, run_dir, **extra):
-    base = {"data.root": root, "data.num_workers": 2, "model.backbone": "small_cnn",
+    # The loader path: these runs are about DataLoader workers (the device path has none).
+    base = {"data.root": root, "data.num_workers": 2, "train.data_path": "loader",
+            "model.backbone": "small_cnn",
             "model.width": 4, "train.epochs": EPOCHS, "train.batch_size": 16, "train.lr": 0.05,
             "train.checkpoint_every": 0, "al.initial": 40, "al.budget": 10, "al.cycles": 1,
             "al.subset_size": 60, "al.score_batch_size": 8, "train.eval_batch_size": 8,
@@ -117,7 +119,7 @@ def test_sigterm_to_every_process_group_under_torchrun(reference, synthetic_data
     workers (2 per rank) and the torchrun agent included; the agent forwards it once more."""
     run_dir = tmp_path / "run"
     job = start("torchrun", 2, args_for(synthetic_dataset, run_dir), tmp_path / "log")
-    wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank1.npy", job)
+    wait_for_training(run_dir, job)
     ranks = rank_pids(job, 2)
     wait_until(lambda: all(len(loader_worker_pids(p)) == 2 for p in ranks.values()),
                "two loader workers per rank", job)
@@ -152,7 +154,7 @@ def test_launcher_killed_by_sigusr1_under_accelerate_launch(reference, synthetic
     run_dir = tmp_path / "run"
     args = args_for(synthetic_dataset, run_dir, **{"data.num_workers": 1, "train.epochs": 40})
     job = start("accelerate", 2, args, tmp_path / "log")
-    wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank1.npy", job)
+    wait_for_training(run_dir, job)
     ranks = rank_pids(job, 2)
     time.sleep(1.0)
     signal_group(job.proc.pid, signal.SIGUSR1)
@@ -177,7 +179,7 @@ def test_sigterm_to_a_one_process_accelerate_launch(synthetic_dataset, tmp_path)
     run_dir = tmp_path / "run"
     job = start("accelerate-1", 1, args_for(synthetic_dataset, run_dir, **{"train.epochs": 60}),
                 tmp_path / "log")
-    wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank0.npy", job)
+    wait_for_training(run_dir, job)
     child = psutil.Process(rank_pids(job, 1)[0])
     job.proc.send_signal(signal.SIGTERM)  # the launcher alone
     assert job.wait() == -signal.SIGTERM
@@ -191,7 +193,7 @@ def test_a_signal_to_one_loader_worker_stops_a_plain_run(synthetic_dataset, tmp_
     run_dir = tmp_path / "run"
     job = start("plain", 1, args_for(synthetic_dataset, run_dir, **{"train.epochs": 60}),
                 tmp_path / "log")
-    wait_for(run_dir / "work" / "cycle_0000" / "td" / "visit_ids.rank0.npy", job)
+    wait_for_training(run_dir, job)
     wait_until(lambda: len(loader_worker_pids(job.proc.pid)) == 2, "two loader workers", job)
     time.sleep(0.5)
     worker = loader_worker_pids(job.proc.pid)[1]

@@ -72,9 +72,12 @@ def test_rank_functions_read_slurm_inside_a_step(monkeypatch):
 
 
 def job_config(tmp_path, root):
+    # The loader path, so that SLURM's signal also reaches loader workers; a checkpoint every 5
+    # epochs marks "mid-cycle" for the stand-in to signal at.
     cfg = {"data": {"root": str(root), "num_workers": 1, "train_transform": "crop_flip"},
            "model": {"backbone": "small_cnn", "width": 4},
-           "train": {"epochs": 12, "batch_size": 16, "lr": 0.05, "checkpoint_every": 0},
+           "train": {"epochs": 30, "batch_size": 16, "lr": 0.05, "checkpoint_every": 5,
+                     "data_path": "loader"},
            "al": {"initial": 32, "budget": 10, "cycles": 2, "subset_size": 60,
                   "score_batch_size": 32},
            "run": {"seed": 5, "deterministic": True}}
@@ -134,7 +137,7 @@ def uninterrupted(synthetic_dataset, tmp_path_factory):
 def test_run_sbatch_requeues_a_preempted_job_and_finishes_the_same(uninterrupted, synthetic_dataset,
                                                                    tmp_path):
     run_dir = tmp_path / "run"
-    trigger = run_dir / "work" / "cycle_0001" / "td" / "visit_ids.rank1.npy"
+    trigger = run_dir / "work" / "cycle_0001" / "ckpt" / "latest"
     job = sbatch(tmp_path, "run.sbatch", job_config(tmp_path, synthetic_dataset), run_dir,
                  ["--nodes=1", "--ntasks-per-node=2"], env={"FAKE_SLURM_SIGNAL_WHEN": str(trigger)})
     log = job["log"]
@@ -151,7 +154,7 @@ def test_run_sbatch_requeues_a_preempted_job_and_finishes_the_same(uninterrupted
 
 def test_multinode_sbatch_one_torchrun_per_node(uninterrupted, synthetic_dataset, tmp_path):
     run_dir = tmp_path / "run"
-    trigger = run_dir / "work" / "cycle_0001" / "td" / "visit_ids.rank1.npy"
+    trigger = run_dir / "work" / "cycle_0001" / "ckpt" / "latest"
     job = sbatch(tmp_path, "multinode.sbatch", job_config(tmp_path, synthetic_dataset), run_dir,
                  ["--nodes=2"], env={"FAKE_SLURM_SIGNAL_WHEN": str(trigger),
                                      "FAKE_SLURM_NODENAMES": "localhost,127.0.0.2",

@@ -362,7 +362,7 @@ def test_inspect_verify_reads_remote_shards(synthetic_dataset, server, capsys):
                                                                           "test-000001.tar"]})
     server.damage["pool-000003.tar"] = ("flip", -1)
     server.damage["test-000001.tar"] = ("cut", -1)
-    assert cli_main(args) == 1
+    assert cli_main(args) == 2  # bad input: the dataset, as served, is not the manifest's
     err = capsys.readouterr().err
     assert f"BAD: shard '{server.url}pool-000003.tar' is corrupted" in err
     assert f"BAD: shard '{server.url}test-000001.tar' is corrupted" in err
