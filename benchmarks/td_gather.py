@@ -6,8 +6,9 @@ For each N x C, one torchrun job of `--world` processes runs `--epochs` epochs o
 the same epoch assignment, interleaved epoch by epoch:
 
   file fold (the earlier scheme): each rank appends its visits (id, softmax row) to its memmap in
-      the run dir (td_buffer.VisitRecorder); at the epoch end: flush, barrier, rank 0 folds every
-      rank's file into the memory-mapped buffers (fold_visit_files, np.add.at), barrier.
+      the run dir (VisitRecorder, below); at the epoch end: flush, barrier, rank 0 folds every
+      rank's file into the memory-mapped buffers (fold_visit_files, np.add.at), barrier. This is
+      how tidal_dist gathered TD before td_state.py; it lives here now, as the baseline.
   device rows (td_state.DeviceTD): each rank adds its visits to its own rows; at the epoch end
       one all_to_all_single moves every row to the rank that visits it next epoch.
 
@@ -37,6 +38,56 @@ import torch  # noqa: E402
 BATCH = 128  # per rank, as in the protocols
 
 
+# --- the earlier file-based gather, the baseline --------------------------------------------------
+
+def file_targets(buffer, ids: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
+    """(sum + p) / (count + 1) read from the memory-mapped buffers by id."""
+    rows = buffer.rows(ids)
+    prev_sum = torch.from_numpy(np.asarray(buffer.sum[rows])).to(probs.dtype)
+    prev_count = torch.from_numpy(np.asarray(buffer.count[rows], dtype=np.float32)).unsqueeze(1)
+    return (prev_sum + probs) / (prev_count + 1.0)
+
+
+class VisitRecorder:
+    """One rank's visits between two folds: ids and softmax rows, preallocated memmaps."""
+
+    def __init__(self, folder: Path, rank: int, capacity: int, num_classes: int):
+        from tidal_dist.fsutil import new_memmap
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.ids = new_memmap(folder / f"visit_ids.rank{rank}.npy", np.int64, (capacity,))
+        self.probs = new_memmap(folder / f"visits.rank{rank}.npy", np.float32, (capacity, num_classes))
+        self.n = 0
+        self.ids[:] = -1
+
+    def record(self, ids: np.ndarray, probs: np.ndarray) -> None:
+        k = len(ids)
+        self.ids[self.n:self.n + k] = ids
+        self.probs[self.n:self.n + k] = probs
+        self.n += k
+
+    def flush(self) -> None:
+        self.ids.flush()
+        self.probs.flush()
+
+    def reset(self) -> None:
+        self.ids[: self.n] = -1
+        self.n = 0
+
+
+def fold_visit_files(buffer, folder: Path, world_size: int) -> None:
+    """Rank 0, after a barrier: add every rank's recorded visits into the buffers (np.add.at)."""
+    for r in range(world_size):
+        ids = np.load(folder / f"visit_ids.rank{r}.npy", mmap_mode="r")
+        n = int(np.count_nonzero(ids >= 0))  # recorded rows are a prefix; -1 marks unused rows
+        if n:
+            probs = np.load(folder / f"visits.rank{r}.npy", mmap_mode="r")
+            rows = buffer.rows(np.asarray(ids[:n]))
+            np.add.at(buffer.sum, rows, np.asarray(probs[:n]))
+            np.add.at(buffer.count, rows, 1)
+    buffer.flush()
+
+
 def dir_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -45,7 +96,7 @@ def worker(n: int, c: int, epochs: int, run_dir: Path, out: Path) -> None:
     import torch.distributed as dist
 
     from tidal_dist.data.readers import epoch_assignment
-    from tidal_dist.td_buffer import TDBuffer, VisitRecorder, fold_visit_files
+    from tidal_dist.td_buffer import TDBuffer
     from tidal_dist.td_state import DeviceTD, EpochLayout
 
     dist.init_process_group("gloo")
@@ -76,7 +127,7 @@ def worker(n: int, c: int, epochs: int, run_dir: Path, out: Path) -> None:
         t0 = time.perf_counter()
         for lo in range(0, per_rank, BATCH):
             p = probs[lo:lo + BATCH]
-            buffer.targets(rank_ids[lo:lo + BATCH], p)
+            file_targets(buffer, rank_ids[lo:lo + BATCH], p)
             keep = valid[lo:lo + BATCH]
             recorder.record(rank_ids[lo:lo + BATCH][keep], p.numpy()[keep])
         t1 = time.perf_counter()

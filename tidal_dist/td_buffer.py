@@ -15,9 +15,8 @@ Files, in one folder per cycle (`td/`), the committed state:
                                      visits whose argmax was the gold label (STATS_COLUMNS)
 
 During training the live state is on the device, one row per visit position of the epoch
-(td_state.py); rank 0 writes these files at the end of the cycle and at checkpoints. VisitRecorder
-and fold_visit_files are the earlier file-based gather (every rank writes its visits, rank 0
-folds them): kept as the baseline of benchmarks/td_gather.py. See docs/td-gathering.md.
+(td_state.py); rank 0 writes these files at the end of the cycle and at checkpoints. See
+docs/td-gathering.md (and benchmarks/td_gather.py for the earlier file-based gather it replaced).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tidal_dist.errors import UserError
 from tidal_dist.fsutil import new_memmap
@@ -75,21 +73,6 @@ class TDBuffer:
             raise KeyError(f"ids not in this cycle's labeled set: {ids[bad][:10].tolist()}")
         return rows
 
-    def targets(self, ids: np.ndarray, probs: torch.Tensor) -> torch.Tensor:
-        """(sum + p) / (count + 1) for each row: the TD target including this step's visit."""
-        rows = self.rows(ids)
-        prev_sum = torch.from_numpy(np.asarray(self.sum[rows])).to(probs.device, probs.dtype)
-        prev_count = torch.from_numpy(np.asarray(self.count[rows], dtype=np.float32))
-        prev_count = prev_count.to(probs.device, probs.dtype).unsqueeze(1)
-        return (prev_sum + probs) / (prev_count + 1.0)
-
-    def fold(self, ids: np.ndarray, probs: np.ndarray) -> None:
-        """Add recorded visits. np.add.at so an id seen twice in one flush counts twice."""
-        assert self.writable, "only rank 0 folds visits into the TD buffers"
-        rows = self.rows(ids)
-        np.add.at(self.sum, rows, probs.astype(np.float32, copy=False))
-        np.add.at(self.count, rows, 1)
-
     def flush(self) -> None:
         self.sum.flush()
         self.count.flush()
@@ -124,53 +107,3 @@ def write_buffers(folder: str | os.PathLike, ids: np.ndarray, num_classes: int,
         os.replace(folder / f".{name}.npy.tmp", folder / f"{name}.npy")
     np.save(folder / ".ids.tmp.npy", ids)
     os.replace(folder / ".ids.tmp.npy", folder / "ids.npy")
-
-
-class VisitRecorder:
-    """One rank's visits between two folds: ids and softmax rows, preallocated memmaps.
-
-    Preallocating `capacity` rows (the rank's share of an epoch) keeps the heap flat at any scale.
-    """
-
-    def __init__(self, folder: str | os.PathLike, rank: int, capacity: int, num_classes: int):
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.ids_path = folder / f"visit_ids.rank{rank}.npy"
-        self.probs_path = folder / f"visits.rank{rank}.npy"
-        self.capacity = capacity
-        self.ids = new_memmap(self.ids_path, np.int64, (capacity,))
-        self.probs = new_memmap(self.probs_path, np.float32, (capacity, num_classes))
-        self.n = 0
-        self.ids[:] = -1
-
-    def record(self, ids: np.ndarray, probs: np.ndarray) -> None:
-        k = len(ids)
-        if self.n + k > self.capacity:
-            raise RuntimeError(f"visit recorder overflow: {self.n + k} > {self.capacity}")
-        self.ids[self.n:self.n + k] = ids
-        self.probs[self.n:self.n + k] = probs
-        self.n += k
-
-    def flush(self) -> None:
-        """Make this rank's visits readable by rank 0 (call before the barrier)."""
-        self.ids.flush()
-        self.probs.flush()
-
-    def reset(self) -> None:
-        self.ids[: self.n] = -1
-        self.n = 0
-
-
-def fold_visit_files(buffer: TDBuffer, folder: str | os.PathLike, world_size: int) -> int:
-    """Rank 0, after a barrier: fold every rank's recorded visits into the buffer; returns visits."""
-    folder = Path(folder)
-    total = 0
-    for r in range(world_size):
-        ids = np.load(folder / f"visit_ids.rank{r}.npy", mmap_mode="r")
-        n = int(np.count_nonzero(ids >= 0))  # recorded rows are a prefix; -1 marks unused rows
-        if n:
-            probs = np.load(folder / f"visits.rank{r}.npy", mmap_mode="r")
-            buffer.fold(np.asarray(ids[:n]), np.asarray(probs[:n]))
-        total += n
-    buffer.flush()
-    return total
