@@ -16,6 +16,7 @@ run, or a time with its target; each file records the machine (CPU model, cores,
 | scoring | bare model(x) over the same loader (scoring.py) | >= 0.9 |
 | peak RSS | scoring 10k candidates (scoring.py) | 1M / 10k <= 1.2 |
 | top-k | - | 10M in < 2 s |
+| strategies | TiDAL-H's query, same run (strategies.py) | per-sample <= 1.1x, BALD <= 1.1 x T; Core-set and BADGE selection at 100k candidates (50k centres, k 10k) < 3 min, < 2 GB |
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from benchmarks import readers, scoring, td_gather, train_step, training_path  # noqa: E402
+from benchmarks import (readers, scoring, strategies, td_gather, train_step,  # noqa: E402
+                        training_path)
 from benchmarks.common import RESULTS, machine, write  # noqa: E402
 
 FULL = {
@@ -40,6 +42,7 @@ FULL = {
     "td_gather": ["--sizes", "100000x1000,20000x8142", "--epochs", "6"],
     "scoring": [],
     "readers": [],
+    "strategies": [],
 }
 QUICK = {
     "train_step": ["--backbones", "small_cnn", "--steps", "3", "--batch", "16"],
@@ -48,6 +51,7 @@ QUICK = {
     "scoring": ["--throughput-n", "600", "--small", "300", "--large", "3000",
                 "--topk-n", "100000"],
     "readers": ["--source", "synthetic:600,10,8x8,1", "--random-reads", "100"],
+    "strategies": ["--n", "400", "--labeled", "200", "--k", "40"],
 }
 
 
@@ -112,6 +116,23 @@ def figures(res: dict) -> list[dict]:
         tk = r["topk"]
         add(f"top-k of {tk['n']:,}", tk["seconds"], f"{tk['seconds']:.2f} s", "< 2 s",
             tk["seconds"] < 2)
+    if "strategies" in res:
+        r = res["strategies"]
+        size = f"{r['n']:,} candidates, {r['labeled']:,} labeled, k {r['k']:,}"
+        per_sample = {n: v for n, v in r["strategies"].items()
+                      if not v["set_based"] and n not in ("bald", "tidal_entropy")}
+        worst = max(per_sample, key=lambda n: per_sample[n]["ratio_to_tidal_entropy"])
+        ratio = per_sample[worst]["ratio_to_tidal_entropy"]
+        add(f"per-sample strategies vs TiDAL-H ({size})", ratio,
+            f"slowest: {worst} {ratio:.3f} x TiDAL-H's query", "<= 1.1", ratio <= 1.1)
+        bald = r["strategies"]["bald"]["ratio_to_tidal_entropy"]
+        add(f"BALD vs TiDAL-H (T = {r['mc_passes']})", bald, f"{bald:.3f} x TiDAL-H's query",
+            f"<= {1.1 * r['mc_passes']:.1f}", bald <= 1.1 * r["mc_passes"])
+        for name in ("coreset", "badge"):
+            v = r["strategies"][name]
+            add(f"{name} selection step ({size})", v["select_s"],
+                f"{v['select_s']:.1f} s, {v['select_extra_mib']:,.0f} MiB extra", "< 180 s, < 2 GB",
+                v["select_s"] < 180 and v["select_extra_mib"] < 2048)
     if "readers" in res:
         r = res["readers"]
         add("random-access reads", r["random_reads_per_s"],
@@ -137,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work or tempfile.mkdtemp(prefix="tidal_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     modules = {"train_step": train_step, "training_path": training_path, "td_gather": td_gather,
-               "scoring": scoring, "readers": readers}
+               "scoring": scoring, "readers": readers, "strategies": strategies}
     results, seconds = {}, {}
     # Benchmarks not run now keep their stored results in the summary (each file has its date).
     stored = {"train_step": f"train_step_{'cuda' if train_step.torch.cuda.is_available() else 'cpu'}"}

@@ -1,6 +1,7 @@
 """Seconds per query for every strategy, as a ratio to TiDAL-H measured in the same run.
 
-    python -m benchmarks.strategies [--n 100000] [--labeled 50000] [--k 10000] [--quick]
+    python benchmarks/strategies.py [--n 100000] [--labeled 50000] [--k 10000] [--out DIR]
+    (also part of python benchmarks/run.py)
 
 One query = the real scoring path (score_pool over prepared synthetic shards, plus the labeled-set
 pass Core-set needs) and the selection (top-k, or the set-based selection on rank 0). The network is
@@ -17,23 +18,18 @@ within T x + 10 %.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write
-from tidal_dist.config import load_config
-from tidal_dist.data.shards import prepare
-from tidal_dist.loop import select
-from tidal_dist.score import score_labeled, score_pool
-from tidal_dist.session import build_session
-from tidal_dist.strategies import ScoreContext, get_strategy, registry
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "out"
+from benchmarks.common import write  # noqa: E402
 
 
 class PeakRSS:
@@ -62,26 +58,33 @@ class PeakRSS:
         return (self.peak - self.start) / 2**20
 
 
-def dataset(n_pool: int) -> Path:
-    root = OUT / f"strategies_synthetic_{n_pool}"
+def dataset(work: Path, n_pool: int) -> Path:
+    from tidal_dist.data.shards import prepare
+
+    root = work / f"strategies_synthetic_{n_pool}"
     if not (root / "manifest.json").exists():
         prepare(f"synthetic:{n_pool + 1000},10,8x8,1", root,
                 shard_size=max(n_pool // 16, 500), progress=False)
     return root
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
+    from tidal_dist.config import load_config
+    from tidal_dist.loop import select
+    from tidal_dist.score import score_labeled, score_pool
+    from tidal_dist.session import build_session
+    from tidal_dist.strategies import ScoreContext, get_strategy, registry
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="candidates")
     parser.add_argument("--labeled", type=int, default=50_000, help="labeled set (Core-set's centres)")
     parser.add_argument("--k", type=int, default=10_000, help="budget per query")
-    parser.add_argument("--quick", action="store_true", help="a small size, to check the benchmark runs")
-    parser.add_argument("--name", default="strategies")
-    args = parser.parse_args()
-    if args.quick:
-        args.n, args.labeled, args.k, args.name = 2_000, 1_000, 200, "strategies_quick"
-    root = dataset(args.n + args.labeled)
-    work = Path(tempfile.mkdtemp(prefix="strategies-bench-"))
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    out = out or args.out
+    work = Path(args.work or tempfile.mkdtemp(prefix="strategies-bench-"))
+    root = dataset(work, args.n + args.labeled)
     cfg = load_config(None, [
         f"data.root={root}", "data.num_workers=0", "data.verify_shards=false",
         "model.backbone=small_cnn", "model.width=64", "train.objective=lloss",
@@ -91,6 +94,8 @@ def main() -> None:
     labeled = np.arange(args.labeled, dtype=np.int64)
     candidates = np.arange(args.labeled, args.labeled + args.n, dtype=np.int64)
     ctx = ScoreContext(cycle_seed=1, al=cfg.al)
+    # Warm the page cache, the allocator and the kernels before anything is timed.
+    score_pool(session, candidates[:2000], get_strategy("tidal_entropy"), work / "warm-up", ctx)
     order = ["tidal_entropy"] + [s for s in sorted(registry()) if s != "tidal_entropy"] + ["tidal_entropy"]
     runs: dict[str, list[dict]] = {}
     for name in order:
@@ -120,10 +125,12 @@ def main() -> None:
         rows.append([name, "set" if strategy.set_based else "per-sample", f"{e['score_s']:.1f}",
                      f"{e['select_s']:.2f}", f"{e['select_extra_mib']:.0f}", f"{total / base:.3f}"])
     drift = [r["score_s"] + r["select_s"] for r in runs["tidal_entropy"]]
-    write(args.name, {"n": args.n, "labeled": args.labeled, "k": args.k, "embedding_dim": 512,
-                      "mc_passes": cfg.al.mc_passes, "tidal_entropy_runs_s": drift,
-                      "strategies": result},
-          ["strategy", "kind", "score s", "select s", "select extra MiB", "total / TiDAL-H"], rows)
+    summary = {"n": args.n, "labeled": args.labeled, "k": args.k, "embedding_dim": 512,
+               "mc_passes": cfg.al.mc_passes, "tidal_entropy_runs_s": drift, "strategies": result}
+    write("strategies", summary,
+          ["strategy", "kind", "score s", "select s", "select extra MiB", "total / TiDAL-H"], rows,
+          out=out)
+    return summary
 
 
 if __name__ == "__main__":
