@@ -61,7 +61,7 @@ def training(root: Path, work: Path, s: dict) -> dict:
     from tidal_dist.data.readers import epoch_assignment
     from tidal_dist.data.train_batches import DeviceBatches
     from tidal_dist.objectives.tidal import tidal_loss
-    from tidal_dist.td_state import DeviceTD, EpochLayout
+    from tidal_dist.dynamics.state import DeviceTD, EpochLayout
     from tidal_dist.session import build_session
     from tidal_dist.train import train_cycle
 

@@ -40,7 +40,7 @@ SETTINGS = {
 def worker(stats_dir: Path, overrides: list[str]) -> int:
     """One rank: `tidal-dist run` with timers around the TD exchange / commit."""
     from benchmarks.scoring import peak_rss_kib
-    from tidal_dist import td_state
+    from tidal_dist import dynamics
     from tidal_dist.cli import main
 
     rank = int(os.environ.get("RANK", "0"))
@@ -54,8 +54,8 @@ def worker(stats_dir: Path, overrides: list[str]) -> int:
             return out
         return wrapper
 
-    td_state.DeviceTD.advance = timed("advance_s", td_state.DeviceTD.advance)
-    td_state.DeviceTD.save = timed("save_s", td_state.DeviceTD.save)
+    dynamics.DeviceTD.advance = timed("advance_s", dynamics.DeviceTD.advance)
+    dynamics.DeviceTD.save = timed("save_s", dynamics.DeviceTD.save)
     t0 = time.time()
     rc = main(["run", *overrides])
     stats = {"rank": rank, "rc": rc, "seconds": time.time() - t0,

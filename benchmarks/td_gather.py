@@ -8,8 +8,8 @@ the same epoch assignment, interleaved epoch by epoch:
   file fold (the earlier scheme): each rank appends its visits (id, softmax row) to its memmap in
       the run dir (VisitRecorder, below); at the epoch end: flush, barrier, rank 0 folds every
       rank's file into the memory-mapped buffers (fold_visit_files, np.add.at), barrier. This is
-      how tidal_dist gathered TD before td_state.py; it lives here now, as the baseline.
-  device rows (td_state.DeviceTD): each rank adds its visits to its own rows; at the epoch end
+      how tidal_dist gathered TD before dynamics/state.py; it lives here now, as the baseline.
+  device rows (dynamics.DeviceTD): each rank adds its visits to its own rows; at the epoch end
       one all_to_all_single moves every row to the rank that visits it next epoch.
 
 Timed per epoch: `boundary_s`, what the epoch end costs (what every rank waits for), and
@@ -96,8 +96,8 @@ def worker(n: int, c: int, epochs: int, run_dir: Path, out: Path) -> None:
     import torch.distributed as dist
 
     from tidal_dist.data.readers import epoch_assignment
-    from tidal_dist.td_buffer import TDBuffer
-    from tidal_dist.td_state import DeviceTD, EpochLayout
+    from tidal_dist.dynamics.buffer import TDBuffer
+    from tidal_dist.dynamics.state import DeviceTD, EpochLayout
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--steps 6] [--backbones small_cnn,resnet18_cifar]
 
 TiDAL's step adds: the TD module's forward/backward, the KL term, the TD target from this rank's
-device-resident rows and recording this step's softmax there (td_state.DeviceTD). Both variants run interleaved in one
+device-resident rows and recording this step's softmax there (dynamics.DeviceTD). Both variants run interleaved in one
 process (plain, tidal, plain, tidal, ...) so drift hits both; the ratio is of medians.
 Target (issue): 1.05 or less. On a GPU it runs bf16 autocast + channels_last.
 """
@@ -26,7 +26,7 @@ from benchmarks.common import write  # noqa: E402
 from tidal_dist.config import ModelConfig  # noqa: E402
 from tidal_dist.models import build_model  # noqa: E402
 from tidal_dist.objectives.tidal import tidal_loss  # noqa: E402
-from tidal_dist.td_state import DeviceTD, EpochLayout  # noqa: E402
+from tidal_dist.dynamics.state import DeviceTD, EpochLayout  # noqa: E402
 
 
 def bench(backbone: str, batch: int, steps: int, size: int, channels: int, device: str) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.mp import run_module, tail, torchrun
-from tidal_dist.td_buffer import TDBuffer
+from tidal_dist.dynamics.buffer import TDBuffer
 
 WORKER = "tests/workers/train_worker.py"
 EPOCHS = 3

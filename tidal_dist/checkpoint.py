@@ -85,7 +85,7 @@ def latest(ckpt_root: Path) -> Path | None:
 
 def save(acc, model, optimizer, scheduler, td, ckpt_root: Path, epoch: int, step: int,
          sums: torch.Tensor, epochs: list[dict] | None = None) -> None:
-    """Collective: every rank calls it at the same step boundary. `td` (td_state.DeviceTD) is
+    """Collective: every rank calls it at the same step boundary. `td` (dynamics.DeviceTD) is
     gathered into the checkpoint's td/ folder by rank 0.
 
     `sums` are this rank's partial-epoch loss sums; the checkpoint keeps their total over all

@@ -11,7 +11,7 @@ Checks: the manifest and every shard it lists (present, right size: a stat, not 
 sample of each split decoded through the configured transforms (sizes must agree), the class
 count, al.initial / al.budget / al.cycles against the (possibly imbalanced) pool, the batch
 against the world size, the strategy name, the model and its weights file, and the disk space the
-run directory still needs (TD buffers, visit records, checkpoints, scores, committed cycles)
+run directory still needs (TD buffers, checkpoints, scores, committed cycles)
 against what its filesystem has free. Sizes are estimates from the array shapes the run writes.
 """
 
@@ -30,6 +30,7 @@ from tidal_dist.errors import UserError
 NPY_HEADER = 128  # bytes np.save adds per array
 RNG_STATE_BYTES = 8 * 1024  # torch + numpy + python RNG states of one rank
 RESULTS_BYTES = 256 * 1024  # results.json / .md / .png, config.yaml, outcome.json
+SCORE_COLUMNS = 10  # ids, uncertainty, reported, predicted + up to 6 logged cheap scores
 
 
 @dataclass
@@ -44,8 +45,7 @@ class CyclePlan:
 @dataclass
 class DiskPlan:
     model: int  # one saved state_dict
-    td_buffers: int  # the last cycle's sum/count/ids
-    visit_records: int  # all ranks' per-epoch visit files
+    td_buffers: int  # the last cycle's ids/sum/count/stats (and per-epoch records, when kept)
     checkpoint: int  # one mid-cycle checkpoint (two exist while the next is written)
     score_parts: int  # the largest cycle's per-rank score files
     committed: list[int] = field(default_factory=list)  # each committed cycle folder
@@ -88,8 +88,8 @@ class Plan:
         free = "unknown" if d.free is None else human(d.free)
         lines += [
             "",
-            f"disk       TD buffers {human(d.td_buffers)} + visit records {human(d.visit_records)} "
-            f"(last cycle); checkpoint {human(d.checkpoint)}; scores {human(d.score_parts)}; "
+            f"disk       TD buffers {human(d.td_buffers)} (last cycle); checkpoint "
+            f"{human(d.checkpoint)}; scores {human(d.score_parts)}; "
             f"model {human(d.model)}",
             f"           committed cycles {human(sum(d.committed))}; cycle in progress up to "
             f"{human(d.work_peak)}; run dir about {human(d.run_dir_total)} at its largest",
@@ -281,15 +281,16 @@ def disk_plan(cfg: Config, cycles: list[CyclePlan], world: int, num_classes: int
     c = num_classes
     workers = max(cfg.data.num_workers, 1)
 
-    def td(n: int) -> int:
-        return 3 * NPY_HEADER + n * (8 + 4 * c + 4)
+    epoch_records = cfg.train.epochs if cfg.train.record_epoch_probs else 0
 
-    def visits(n: int) -> int:
-        return world * (2 * NPY_HEADER + math.ceil(n / world) * (8 + 4 * c))
+    def td(n: int) -> int:
+        # ids, sum [C], count, stats [3] (dynamics/buffer.py), plus one [N, C] file per epoch
+        return 4 * NPY_HEADER + n * (8 + 4 * c + 4 + 24) + epoch_records * (NPY_HEADER + n * 4 * c)
 
     def scores(n: int) -> int:
+        # per rank: ids, uncertainty, reported, predicted and the logged cheap scores (score.py)
         rows = max(1, math.ceil(n / (world * workers)) * workers)
-        return world * 3 * (NPY_HEADER + rows * 8)
+        return world * SCORE_COLUMNS * (NPY_HEADER + rows * 8)
 
     optimizer = params * 4 if cfg.train.momentum else 0
     if cfg.train.engine == "deepspeed":
@@ -298,10 +299,10 @@ def disk_plan(cfg: Config, cycles: list[CyclePlan], world: int, num_classes: int
                    for cy in cycles]
     committed = [td(cy.labeled) + state_bytes + 16 * cy.labeled + 24 * cy.queried
                  + 24 * cy.candidates + 8 * 1024 for cy in cycles]
-    work = [td(cy.labeled) + visits(cy.labeled) + 2 * ck + state_bytes + scores(cy.candidates)
+    work = [td(cy.labeled) + 2 * ck + state_bytes + scores(cy.candidates)
             + committed_k for cy, ck, committed_k in zip(cycles, checkpoints, committed)]
     last = cycles[-1]
-    disk = DiskPlan(model=state_bytes, td_buffers=td(last.labeled), visit_records=visits(last.labeled),
+    disk = DiskPlan(model=state_bytes, td_buffers=td(last.labeled),
                     checkpoint=checkpoints[-1], score_parts=max(scores(cy.candidates) for cy in cycles),
                     committed=committed, work_peak=max(work))
     disk.run_dir_total = sum(committed) + disk.work_peak + RESULTS_BYTES

@@ -27,7 +27,7 @@ from tidal_dist.inference import predict
 from tidal_dist.models.network import available_outputs
 from tidal_dist.parts import Field, PartWriter, merge_parts
 from tidal_dist.strategies import Outputs, ScoreContext, Strategy, registry
-from tidal_dist.td_buffer import TDBuffer
+from tidal_dist.dynamics.buffer import TDBuffer
 from tidal_dist.telemetry.progress import progress
 
 SCALARS = {"uncertainty": Field(np.float64), "reported": Field(np.float64),

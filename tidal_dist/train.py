@@ -10,8 +10,8 @@ in the TD buffers. Each step:
     loss   = objective.loss(out, batch)                # ce | tidal | lloss (tidal_dist/objectives/)
 
 and, when the network has a TD module, the rank adds p to its device-resident rows
-(td_state.DeviceTD). At the end of the epoch one all_to_all moves the rows to the ranks that visit
-them next; at the end of the cycle rank 0 writes the memory-mapped buffers (td_buffer.py,
+(dynamics.DeviceTD). At the end of the epoch one all_to_all moves the rows to the ranks that visit
+them next; at the end of the cycle rank 0 writes the memory-mapped buffers (dynamics/buffer.py,
 docs/td-gathering.md). Batches come from the loader path or the device-resident path
 (data/train_batches.py). Model and optimizer go through accelerator.prepare; the data does not (we
 split it ourselves, exactly once).
@@ -36,7 +36,7 @@ from tidal_dist.data.train_batches import build_batches
 from tidal_dist.objectives import StepBatch
 from tidal_dist.runtime import per_rank_batch
 from tidal_dist.session import Session, build_session
-from tidal_dist.td_state import DeviceTD, EpochLayout, NoTD, check_epoch_probs_size
+from tidal_dist.dynamics.state import DeviceTD, EpochLayout, NoTD, check_epoch_probs_size
 from tidal_dist.telemetry import progress
 
 log = logging.getLogger("tidal_dist")

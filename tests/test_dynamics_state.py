@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tests.mp import tail, torchrun
-from tests.workers.td_state_worker import probs_of
+from tests.workers.dynamics_worker import probs_of
 from tidal_dist.data.readers import epoch_assignment
 from tidal_dist.errors import UserError
-from tidal_dist.td_buffer import TDBuffer
-from tidal_dist.td_state import (DeviceTD, EpochLayout, check_epoch_probs_size, exchange_plan)
+from tidal_dist.dynamics.buffer import TDBuffer
+from tidal_dist.dynamics.state import (DeviceTD, EpochLayout, check_epoch_probs_size, exchange_plan)
 
 
 @pytest.mark.parametrize("n,world,batch", [(61, 1, 4), (61, 2, 5), (61, 3, 4), (7, 4, 3)])
@@ -140,7 +140,7 @@ def test_epoch_probs_too_large_are_refused_with_the_reason():
 @pytest.mark.parametrize("world", [2, 3])
 def test_real_processes_gather_exactly_once(tmp_path, world):
     n, c, epochs, batch = 41, 6, 3, 4
-    proc = torchrun(world, ["tests/workers/td_state_worker.py", str(tmp_path), str(n), str(c),
+    proc = torchrun(world, ["tests/workers/dynamics_worker.py", str(tmp_path), str(n), str(c),
                             str(epochs), str(batch)])
     assert proc.returncode == 0, tail(proc)
     for r in range(world):

@@ -1,7 +1,7 @@
-"""Run under torchrun by tests/test_td_state.py: drive td_state.DeviceTD through EPOCHS epochs
+"""Run under torchrun by tests/test_dynamics/state.py: drive dynamics.DeviceTD through EPOCHS epochs
 with deterministic stand-in probabilities (a function of id and epoch), on gloo.
 
-usage: td_state_worker.py OUT N C EPOCHS BATCH [crash_epoch]
+usage: dynamics_worker.py OUT N C EPOCHS BATCH [crash_epoch]
 Every rank checks its targets against the expected running mean and writes
 OUT/targets_ok.rank{R}; rank 0 writes OUT/td (the committed buffers) and OUT/epochs/.
 """
@@ -16,7 +16,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tidal_dist.data.readers import epoch_assignment  # noqa: E402
-from tidal_dist.td_state import DeviceTD, EpochLayout  # noqa: E402
+from tidal_dist.dynamics.state import DeviceTD, EpochLayout  # noqa: E402
 
 
 def probs_of(ids: np.ndarray, epoch: int, c: int) -> np.ndarray:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from tidal_dist.td_buffer import TDBuffer, write_buffers
-from tidal_dist.td_state import DeviceTD, EpochLayout
+from tidal_dist.dynamics.buffer import TDBuffer, write_buffers
+from tidal_dist.dynamics.state import DeviceTD, EpochLayout
 
 
 def test_targets_match_the_reference_running_mean_over_three_epochs(tmp_path):

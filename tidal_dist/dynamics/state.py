@@ -19,7 +19,7 @@ send buffer in (rank, position) order and moved by one all_to_all_single straigh
 epoch's storage; the rows that stay are copied after them. Each row is read and written once,
 and only rows that change rank cross the interconnect. At the end of the cycle and at
 checkpoints the rows are gathered to rank 0, which writes the committed buffers
-(td_buffer.write_buffers) in id order; a resume loads each rank's rows back from such a snapshot
+(buffer.write_buffers) in id order; a resume loads each rank's rows back from such a snapshot
 (`load`). Cost model and measurements: docs/td-gathering.md.
 """
 
@@ -36,7 +36,7 @@ import torch.distributed as dist
 from tidal_dist.data.readers import epoch_order, padded_length
 from tidal_dist.errors import UserError
 from tidal_dist.fsutil import atomic_write, new_memmap
-from tidal_dist.td_buffer import STATS_COLUMNS, TDBuffer, write_buffers
+from tidal_dist.dynamics.buffer import STATS_COLUMNS, TDBuffer, write_buffers
 
 AUX_COLUMNS = ("count", *STATS_COLUMNS)
 # Rows per rank moved by one collective when gathering to rank 0: bounds the temporary memory.

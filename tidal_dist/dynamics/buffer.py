@@ -15,7 +15,7 @@ Files, in one folder per cycle (`td/`), the committed state:
                                      visits whose argmax was the gold label (STATS_COLUMNS)
 
 During training the live state is on the device, one row per visit position of the epoch
-(td_state.py); rank 0 writes these files at the end of the cycle and at checkpoints. See
+(state.py); rank 0 writes these files at the end of the cycle and at checkpoints. See
 docs/td-gathering.md (and benchmarks/td_gather.py for the earlier file-based gather it replaced).
 """
 
