@@ -34,18 +34,20 @@ def module_kl_sums(actual_td: torch.Tensor, td_logits: torch.Tensor,
 
 
 def score_ablation(merged: dict[str, np.ndarray], queried_ids: np.ndarray, k: int,
-                   true_labels: np.ndarray | None, num_classes: int) -> dict:
-    """For each logged score (merged["score_<name>"]): its top-k's overlap with the queries, and,
-    given the candidates' true labels, the classifier's error rate and the class histogram."""
+                   true_labels: np.ndarray | None, num_classes: int) -> dict[str, dict]:
+    """{score name: {overlap_with_queried, and with the candidates' true labels: error_rate (the
+    classifier's, on the score's top-k), histogram (their classes)}} for each logged score
+    (merged["score_<name>"]); "all_candidates" holds the classifier's error rate on every
+    candidate, the baseline an uncertainty score should beat."""
     k = min(k, len(merged["ids"]))
-    result: dict = {"k": k, "scores": {}}
+    result: dict[str, dict] = {}
     if true_labels is not None:
-        result["candidate_error_rate"] = float(np.mean(merged["predicted"] != true_labels))
+        result["all_candidates"] = {"error_rate": float(np.mean(merged["predicted"] != true_labels))}
     for column in sorted(c for c in merged if c.startswith("score_")):
         picks = top_k(merged["ids"], merged[column], k)
         entry = {"overlap_with_queried": len(np.intersect1d(merged["ids"][picks], queried_ids)) / max(k, 1)}
         if true_labels is not None:
             entry["error_rate"] = float(np.mean(merged["predicted"][picks] != true_labels[picks]))
             entry["histogram"] = np.bincount(true_labels[picks], minlength=num_classes).tolist()
-        result["scores"][column.removeprefix("score_")] = entry
+        result[column.removeprefix("score_")] = entry
     return result

@@ -194,6 +194,12 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
         lines.append(f"_Skipped: {sec.skipped['datamaps']}._\n")
     if "score_ablation" in sec.tables:
         lines.append("### Score ablation\n")
+        lines.append("Every cheap score the runs logged for every candidate (`al.log_scores`), "
+                     "whatever the run selected with: `overlap_with_queried` is the share of the "
+                     "score's top-k that the run actually queried, `error_rate` the classifier's "
+                     "error rate on that top-k (`all_candidates`: on every candidate). Under one "
+                     "training, this compares the module's scores (tidal_*) with the classifier's "
+                     "own (the TiDAL paper's ablation).\n")
         lines.append(sec.tables["score_ablation"])
     lines.append("### Dataset Cartography export\n")
     if sec.exports:
