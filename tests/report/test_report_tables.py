@@ -82,3 +82,12 @@ def test_single_seed_has_no_std(tmp_path):
     row = {r["strategy"]: r for r in read_csv(tmp_path / "out" / "toy" / "accuracy.csv")}["margin"]
     assert row["acc_std"] == "" and row["diff_std"] == ""
     assert float(row["diff_mean"]) == approx(10.0) and int(row["diff_n"]) == 1
+
+
+def test_score_ablation_of_either_metrics_layout():
+    from tidal_dist.report.document import ablation_entries
+
+    flat = {"all_candidates": {"error_rate": 0.2}, "entropy": {"overlap_with_queried": 1.0}}
+    assert ablation_entries(flat) == flat
+    nested = {"k": 500, "candidate_error_rate": 0.2, "scores": {"entropy": {"overlap_with_queried": 1.0}}}
+    assert ablation_entries(nested) == flat

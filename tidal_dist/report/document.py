@@ -107,13 +107,24 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
     return sec
 
 
+def ablation_entries(raw: dict) -> dict[str, dict]:
+    """metrics.json's score_ablation as {score: {name: value}}. Runs of the first version nested
+    the scores under "scores", with the classifier's error rate on all candidates beside them."""
+    if "scores" not in raw:
+        return raw
+    entries = dict(raw["scores"])
+    if "candidate_error_rate" in raw:
+        entries["all_candidates"] = {"error_rate": raw["candidate_error_rate"]}
+    return entries
+
+
 def ablation_values(protocol: Protocol) -> dict[tuple[str, int, str], dict[str, stats.Spread]]:
     """(series, cycle, score) -> {scalar key: mean/std/n over seeds} from metrics score_ablation."""
     gathered: dict[tuple[str, int, str], dict[str, list[float]]] = {}
     for s in protocol.series:
         for run in s.runs:
             for k, m in enumerate(run.cycles):
-                for score, values in (m.get("score_ablation") or {}).items():
+                for score, values in ablation_entries(m.get("score_ablation") or {}).items():
                     per = gathered.setdefault((s.label, k, str(score)), {})
                     for key, v in stats.flatten_scalars(values).items():
                         per.setdefault(key, []).append(v)
