@@ -34,12 +34,19 @@ def machine() -> dict:
     return info
 
 
+def _plain(value):
+    """numpy scalars and arrays as the JSON numbers and lists they stand for."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def write(name: str, result: dict, table_header: list[str], rows: list[list],
           out: Path | None = None, quiet: bool = False) -> Path:
     out = Path(out) if out is not None else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": name, "machine": machine(), **result}
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=_plain) + "\n")
     lines = [f"# {name}", "", f"machine: {json.dumps(result['machine'])}", "",
              "| " + " | ".join(table_header) + " |", "|" + "---|" * len(table_header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

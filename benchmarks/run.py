@@ -60,7 +60,9 @@ def figures(res: dict) -> list[dict]:
     out = []
 
     def add(name, value, text, target, ok):
-        out.append({"figure": name, "value": value, "text": text, "target": target, "ok": ok})
+        # Values may be numpy scalars (a strategy's timings); the summary is plain JSON.
+        out.append({"figure": name, "value": float(value), "text": text, "target": target,
+                    "ok": None if ok is None else bool(ok)})
 
     if "train_step" in res:
         r = res["train_step"]
