@@ -32,7 +32,8 @@ def write_config(run_dir: Path, strategy: str, seed: int, **overrides) -> None:
 def write_cycle(run_dir: Path, k: int, accuracy: float, *, strategy: str, seed: int,
                 classes: int = 3, queried_histogram: list[int] | None = None,
                 seconds: dict | None = None, module_analysis: dict | None = None,
-                score_ablation: dict | None = None, objective: str = "tidal") -> Path:
+                score_ablation: dict | None = None, objective: str = "tidal",
+                train: list[dict] | None = None, val_accuracy: float | None = None) -> Path:
     d = run_dir / "cycles" / f"cycle_{k:04d}"
     d.mkdir(parents=True, exist_ok=True)
     labeled = INITIAL + k * BUDGET
@@ -45,8 +46,10 @@ def write_cycle(run_dir: Path, k: int, accuracy: float, *, strategy: str, seed: 
         "queried_histogram": queried_histogram or [BUDGET - 2 * (BUDGET // 3)] + [BUDGET // 3] * 2,
         "seconds": seconds or {"train": 10.0, "evaluate": 1.0, "score": 2.0, "select": 0.1,
                                "commit": 0.2},
-        "train": [{"loss": 1.0, "ce": 0.9, "kl": 0.1, "samples": labeled, "seconds": 1.0}],
+        "train": train or [{"loss": 1.0, "ce": 0.9, "kl": 0.1, "samples": labeled, "seconds": 1.0}],
     }
+    if val_accuracy is not None:
+        metrics["val_accuracy"] = val_accuracy
     if module_analysis is not None:
         metrics["module_analysis"] = module_analysis
     if score_ablation is not None:

@@ -91,3 +91,27 @@ def test_score_ablation_of_either_metrics_layout():
     assert ablation_entries(flat) == flat
     nested = {"k": 500, "candidate_error_rate": 0.2, "scores": {"entropy": {"overlap_with_queried": 1.0}}}
     assert ablation_entries(nested) == flat
+
+
+def test_training_table_gives_validation_accuracy_and_the_loss_trend_before_the_lr_drop(tmp_path):
+    """20 epochs, LR drop at 0.5 -> epoch 10: the trend compares epochs 6-7 with 8-9 (fifths of
+    the 10 epochs before the drop); what happens after the drop does not count."""
+    falling = [{"loss": 10.0 - e, "kl": 1.0} for e in range(10)] + [{"loss": 0.1, "kl": 1.0}] * 10
+    flat = [{"loss": 2.0, "kl": 0.5 + 0.1 * e} for e in range(20)]
+    config = {"train.epochs": 20, "train.lr_decay_at": [0.5, 0.9]}
+    for seed, (curve, val) in enumerate([(falling, 0.70), (flat, 0.80)]):
+        make_run(tmp_path / "runs", "random", seed, [0.5], config=config, train=curve,
+                 val_accuracy=val)
+    out = tmp_path / "report"
+    assert report_main([str(tmp_path / "runs")], out) == 0
+    (row,) = read_csv(out / "toy" / "training.csv")
+    falling_change = ((1.5 - 3.5) / 3.5) * 100  # mean(loss at 8, 9) vs mean(loss at 6, 7)
+    assert float(row["validation accuracy %_mean"]) == approx(75.0)
+    assert float(row["validation accuracy %_std"]) == approx(statistics.stdev([70.0, 80.0]))
+    assert float(row["loss change before LR drop, %_mean"]) == approx(falling_change / 2)
+    kl_flat = (sum(0.5 + 0.1 * e for e in (8, 9)) / sum(0.5 + 0.1 * e for e in (6, 7)) - 1) * 100
+    assert float(row["module KL change before LR drop, %_mean"]) == approx(kl_flat / 2)
+    assert int(row["loss change before LR drop, %_n"]) == 2
+    text = (out / "report.md").read_text()
+    assert "Training: validation accuracy and convergence" in text
+    assert f"{falling_change / 2:.2f}" in text

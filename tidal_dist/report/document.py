@@ -99,12 +99,40 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
         sec.skipped["datamaps"] = (f"no td/stats.npy or td/epochs/ in the cycles of "
                                    f"{', '.join(missing)}")
 
+    training = training_columns(protocol)
+    if training:
+        sec.tables["training"] = tables.training_table(protocol, training, labeled, folder)
+
     ablation = ablation_values(protocol)
     if ablation:
         sec.tables["score_ablation"] = tables.ablation_table(protocol, ablation, labeled, folder)
 
     export_cartography(sec, out, cartography_max_classes)
     return sec
+
+
+TRAINING_COLUMNS = {"val_accuracy": "validation accuracy %",
+                    "loss": "loss change before LR drop, %",
+                    "kl": "module KL change before LR drop, %"}
+
+
+def training_columns(protocol: Protocol) -> dict[str, dict[str, list[stats.Spread]]]:
+    """Columns of the training table that some run has: accuracy on the validation hold-out
+    (al.val_size) and how flat the loss and the module's KL were before the first LR drop."""
+    columns: dict[str, dict[str, list[stats.Spread]]] = {}
+    for key, name in TRAINING_COLUMNS.items():
+        per = {}
+        for s in protocol.series:
+            if key == "val_accuracy":
+                values = [stats.Spread(100 * v.mean, 100 * v.std, v.n)
+                          for v in stats.per_cycle_values(s, key)]
+            else:
+                values = stats.convergence(s, key)
+            if any(v.n for v in values):
+                per[s.label] = values
+        if per:
+            columns[name] = per
+    return columns
 
 
 def ablation_entries(raw: dict) -> dict[str, dict]:
@@ -203,6 +231,15 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
             lines.append(f"![{name}]({_rel(path, out)})\n")
     if "datamaps" in sec.skipped:
         lines.append(f"_Skipped: {sec.skipped['datamaps']}._\n")
+    if "training" in sec.tables:
+        lines.append("### Training: validation accuracy and convergence\n")
+        lines.append("Validation accuracy is measured on the pool hold-out (`al.val_size`), never "
+                     "labeled nor used for selection: make protocol choices on it, not on the test "
+                     "split. A change column compares the mean of the last fifth of the epochs "
+                     "before the first LR drop with the fifth before it: near 0 the curve had "
+                     "flattened; clearly negative, it was still falling when the LR dropped. "
+                     "CSV: training.csv.\n")
+        lines.append(sec.tables["training"])
     if "score_ablation" in sec.tables:
         lines.append("### Score ablation\n")
         lines.append("Every cheap score the runs logged for every candidate (`al.log_scores`), "

@@ -106,6 +106,42 @@ def per_cycle_values(series: Series, key: str, sub: str | None = None) -> list[S
     return out
 
 
+def plateau_change(losses: list[float], stop: int) -> float:
+    """Relative change (%) of a training curve over the last fifth of its first `stop` epochs:
+    mean of the last fifth against the mean of the fifth before it. A small value says the
+    curve had flattened by then; a large negative one, that it was still falling. Fifths, not
+    tenths: with a few steps per epoch at a high LR, single epochs are noisy (+-5% at 8 steps)."""
+    curve = np.asarray(losses[:stop], dtype=np.float64)
+    fifth = max(1, len(curve) // 5)
+    if len(curve) < 2 * fifth or not np.isfinite(curve).all():
+        return NAN
+    before, last = curve[-2 * fifth:-fifth].mean(), curve[-fifth:].mean()
+    return float((last - before) / before * 100.0) if before > 0 else NAN
+
+
+def first_decay_epoch(config: dict) -> int:
+    """The epoch of the first LR drop (train.lr_decay_at, as the trainer rounds it), or the end."""
+    epochs = int(config.get("train.epochs", 0))
+    fractions = config.get("train.lr_decay_at") or []
+    return min([max(1, round(float(f) * epochs)) for f in fractions] + [epochs])
+
+
+def convergence(series: Series, part: str) -> list[Spread]:
+    """Per cycle, over seeds: plateau_change of one loss part (metrics.json's per-epoch "train"
+    records, e.g. "loss" or "kl") before the first LR drop."""
+    out = []
+    for k in range(num_cycles(series)):
+        vals = []
+        for r in series.runs:
+            epochs = r.cycles[k].get("train") if k < len(r.cycles) else None
+            if epochs and all(part in e for e in epochs):
+                v = plateau_change([float(e[part]) for e in epochs], first_decay_epoch(r.config))
+                if math.isfinite(v):
+                    vals.append(v)
+        out.append(Spread.of(vals))
+    return out
+
+
 def mean_histogram(series: Series, cycle: int, key: str = "queried_histogram") -> np.ndarray | None:
     """Per-class counts averaged over the seeds that committed `cycle`."""
     hists = [np.asarray(r.cycles[cycle][key], dtype=np.float64) for r in series.runs

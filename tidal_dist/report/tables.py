@@ -150,3 +150,24 @@ def ablation_table(protocol: Protocol, values: dict[tuple[str, int, str], dict[s
     write_csv(folder / "score_ablation.csv",
               ["cycle", "labeled", "strategy", "objective", "score"] + keys + ["n"], csv_rows)
     return markdown(["cycle", "labels", "strategy", "score"] + keys, md_rows)
+
+
+def training_table(protocol: Protocol, columns: dict[str, dict[str, list[Spread]]],
+                   labeled: dict[str, list[int]], folder: Path) -> str:
+    """training.csv / markdown: per (cycle, series), each column's mean ± std over seeds.
+    `columns` maps a column name to {series label: one Spread per cycle}."""
+    names = list(columns)
+    csv_rows, md_rows = [], []
+    cycles = max(len(v) for per in columns.values() for v in per.values())
+    for k in range(cycles):
+        for s in protocol.series:
+            got = [columns[c].get(s.label, []) for c in names]
+            cells = [v[k] if k < len(v) else Spread(math.nan, math.nan, 0) for v in got]
+            if not any(c.n for c in cells):
+                continue
+            csv_rows.append([k, labeled[s.label][k], s.strategy, s.objective]
+                            + [x for c in cells for x in (c.mean, c.std, c.n)])
+            md_rows.append([str(k), str(labeled[s.label][k]), s.label] + [pm(c) for c in cells])
+    write_csv(folder / "training.csv", ["cycle", "labeled", "strategy", "objective"]
+              + [f"{c}_{x}" for c in names for x in ("mean", "std", "n")], csv_rows)
+    return markdown(["cycle", "labels", "strategy"] + names, md_rows)
