@@ -254,7 +254,7 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
         lines.append(f"{len(sec.exports)} cycle(s) under "
                      f"`{_rel(out / 'cartography' / p.slug, out)}/<strategy>/seed_<s>/cycle_<k>/"
                      f"training_dynamics/` (log-probabilities as `logits_epoch_E`; see "
-                     f"docs/report.md).\n")
+                     f"docs/experiments.md).\n")
     if "cartography" in sec.skipped:
         lines.append(f"_Not exported: {sec.skipped['cartography']}._\n")
     return "\n".join(lines)
