@@ -10,7 +10,6 @@ train.objective=auto; the queries file reports each pick's D² when it was drawn
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,8 +35,8 @@ class BADGE(Strategy):
         return torch.zeros(len(out.ids), dtype=torch.float64)
 
     def select(self, inputs: SelectionInputs) -> Selection:
-        logits = torch.from_numpy(np.asarray(inputs.kept["logits"])).to(inputs.device)
-        embedding = torch.from_numpy(np.asarray(inputs.kept["embedding"])).to(inputs.device)
-        picked, sq_distance = kmeans_pp(gradient_factors(logits, embedding), inputs.k, inputs.seed,
+        picked, sq_distance = kmeans_pp(gradient_factors(inputs.tensor("logits"),
+                                                         inputs.tensor("embedding")),
+                                        inputs.k, inputs.seed,
                                         first="max_norm")
         return Selection(picked.numpy(), sq_distance.numpy())

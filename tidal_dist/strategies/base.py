@@ -16,6 +16,7 @@ Adding a strategy = one file in this folder that calls `register`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -62,6 +63,15 @@ class SelectionInputs:
     seed: int
     device: torch.device
     al: ALConfig = field(default_factory=ALConfig)
+
+    def tensor(self, name: str, of_labeled: bool = False) -> torch.Tensor:
+        """A kept output (`kept`, or `labeled` with of_labeled) as a tensor on the selection
+        device. On the CPU it reads the merged memmap in place: no copy of N x D, and selection
+        never writes to it, so torch's warning about a read-only array does not apply."""
+        array = np.asarray((self.labeled if of_labeled else self.kept)[name])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(array).to(self.device)
 
 
 @dataclass

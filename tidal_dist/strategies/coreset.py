@@ -6,7 +6,6 @@ distance to its nearest centre when it was picked."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from tidal_dist.selection import k_center_greedy
@@ -26,7 +25,6 @@ class CoreSet(Strategy):
         return torch.zeros(len(out.ids), dtype=torch.float64)
 
     def select(self, inputs: SelectionInputs) -> Selection:
-        candidates = torch.from_numpy(np.asarray(inputs.kept["embedding"])).to(inputs.device)
-        centres = torch.from_numpy(np.asarray(inputs.labeled["embedding"])).to(inputs.device)
-        picked, sq_distance = k_center_greedy(candidates, centres, inputs.k)
+        picked, sq_distance = k_center_greedy(inputs.tensor("embedding"),
+                                              inputs.tensor("embedding", of_labeled=True), inputs.k)
         return Selection(picked.numpy(), sq_distance.numpy())
