@@ -254,7 +254,16 @@ def agreed(device: torch.device) -> bool:
         return _requested
     flag = torch.tensor([1 if _requested else 0], device=device, dtype=torch.int32)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    if not flag.item():
+        return False
+    # Every rank is here (same flag): share why, so a rank that noticed nothing itself (rank 0
+    # writes the outcome) records the cause another rank saw first, not an empty reason.
+    reasons: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(reasons, _reason if _requested else "")
+    if not _requested:
+        request(next((f"rank {r}: {text}" for r, text in enumerate(reasons) if text),
+                     "another rank stopped"))
+    return True
 
 
 def raise_if_agreed(device: torch.device, where: str) -> None:
