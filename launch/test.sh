@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The test command: set up the environment, then run the whole suite. Exit status is pytest's,
 # except that "no tests collected" (5) counts as a failure.
+# Two pytest workers (TIDAL_TEST_WORKERS, 0 = one process): most tests wait on process start-up
+# (torch imports, process groups), so two workers fill 2 cores where one leaves them half idle.
+# --dist loadfile keeps a file's tests, and its module-scoped reference runs, on one worker.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 set +e
-python -m pytest tests -q "$@"
+python -m pytest tests -q -n "${TIDAL_TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then

@@ -129,7 +129,11 @@ class Manifest:
 def load_manifest(root: str | Path) -> Manifest:
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
-        hint = " (an interrupted prepare? run it again)" if Path(str(root) + ".partial").exists() else ""
+        if Path(str(root) + ".partial").exists():
+            hint = " (an interrupted prepare? run it again)"
+        else:
+            hint = (f"; write one there with `tidal-dist prepare --source SRC --out {root}` "
+                    f"(the README lists the sources), or give the folder of a prepared one")
         raise UserError(f"'{path}' does not exist: '{root}' is not a dataset written by "
                         f"`tidal-dist prepare`{hint}")
     try:
