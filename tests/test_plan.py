@@ -2,6 +2,8 @@
 (tidal_dist/plan.py): every shipped config against a stand-in dataset of its shape, bad settings
 refused without a trace, the start-over message, and the disk-space check."""
 
+import re
+
 import pytest
 import yaml
 
@@ -81,6 +83,24 @@ def test_uneven_batches_are_noted_and_single_sample_steps_refused(synthetic_data
     assert rc == 0  # with global statistics 4 samples per step are enough
 
 
+def test_the_plan_names_the_strategy_and_counts_the_heads(synthetic_dataset, tmp_path, capsys):
+    base = [f"data.root={synthetic_dataset}", f"run.dir={tmp_path / 'r'}", "al.initial=20",
+            "model.backbone=small_cnn"]
+    params = {}
+    for strategy, objective in (("random", "ce"), ("tidal_entropy", "tidal"), ("lloss", "lloss")):
+        for record_td in ("true", "false"):
+            rc, out, err = dry_run(capsys, None, *base, f"al.strategy={strategy}",
+                                   f"train.record_td={record_td}")
+            if strategy == "tidal_entropy" and record_td == "false":
+                continue  # the TiDAL objective always has its module
+            assert rc == 0, err
+            assert f"strategy   {strategy}, trained with objective {objective}" in out
+            params[strategy, record_td] = float(re.search(r"model ([0-9.]+)M", out).group(1))
+    # the TD module and the loss head are counted in the model (and its checkpoints)
+    assert params["random", "false"] < params["random", "true"] == params["tidal_entropy", "true"]
+    assert params["lloss", "false"] > params["random", "false"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["al.initial=5000"], "config key 'al.initial': 5000 exceeds the pool's 203 samples"),
     (["train.batch_size=1"], "config key 'train.batch_size'"),
@@ -88,6 +108,11 @@ def test_uneven_batches_are_noted_and_single_sample_steps_refused(synthetic_data
     (["data.crop_padding=-2"], "data.crop_padding must be >= 0"),
     (["al.strategy=tidal_entropyy"], "unknown strategy 'tidal_entropyy'"),
     (["model.backbone=resnet18", "model.weights=/nowhere/r18.pt"], "'/nowhere/r18.pt' does not exist"),
+    # what the strategy and its objective need: checked by the plan as by the run
+    (["al.strategy=lloss", "train.batch_size=7"], "per-rank batch must be even"),
+    (["al.strategy=tidal_entropy", "train.objective=ce", "train.record_td=false"],
+     "config key 'train.record_td'"),
+    (["al.strategy=lloss", "train.objective=tidal"], "only train.objective=lloss"),
 ])
 def test_bad_settings_are_refused_naming_the_key(synthetic_dataset, tmp_path, capsys, overrides,
                                                 message):

@@ -10,7 +10,8 @@ run without leaving a trace that would refuse the corrected one.
 Checks: the manifest and every shard it lists (present, right size: a stat, not a hash), one
 sample of each split decoded through the configured transforms (sizes must agree), the class
 count, al.initial / al.budget / al.cycles against the (possibly imbalanced) pool, the batch
-against the world size, the strategy name, the model and its weights file, and the disk space the
+against the world size, the strategy and the objective it trains with (and what each needs of the
+network and the batch), the model and its weights file, and the disk space the
 run directory still needs (TD buffers, checkpoints, scores, committed cycles)
 against what its filesystem has free. Sizes are estimates from the array shapes the run writes.
 """
@@ -68,6 +69,8 @@ class Plan:
     already_committed: int = 0
     warnings: list[str] = field(default_factory=list)
     dataset: str = ""
+    strategy: str = ""
+    objective: str = ""
 
     def describe(self) -> str:
         lines = [
@@ -75,7 +78,8 @@ class Plan:
             f"images {'x'.join(map(str, self.image_shape))} after the transforms",
             f"processes  {self.world_size}; batch {self.per_rank_batch} per rank "
             f"({self.per_rank_batch * self.world_size} global); model {self.model_params / 1e6:.2f}M "
-            f"parameters",
+            f"parameters (with its heads)",
+            f"strategy   {self.strategy}, trained with objective {self.objective}",
             "",
             "| cycle | labeled | steps/epoch/rank | candidates | queried |",
             "|---|---|---|---|---|",
@@ -260,17 +264,27 @@ def check_set_budget(cfg: Config, strategy, cycles: list[CyclePlan]) -> None:
                         f"{cycles[0].candidates} unlabeled pool samples; lower al.budget")
 
 
-def model_size(cfg: Config, num_classes: int, in_channels: int) -> tuple[int, int]:
-    """(parameters, bytes of a state_dict) without allocating the weights."""
+def model_size(cfg: Config, strategy, world: int, num_classes: int,
+               in_channels: int) -> tuple[int, int]:
+    """(parameters, bytes of a state_dict) of the network the run trains (backbone and the
+    objective's heads), without allocating the weights; the same strategy / objective / network
+    checks build_session makes before training (Learning Loss's even batch, a head or dropout
+    point the strategy reads)."""
     import torch
 
-    from tidal_dist.models import build_model
+    from tidal_dist.models import available_outputs, build_model
+    from tidal_dist.objectives import resolve_objective
+    from tidal_dist.strategies import check_outputs
 
+    objective = resolve_objective(cfg, strategy.objective)
+    objective.validate(cfg.train, world)
     weights = cfg.model.weights
     if weights is not None and not Path(weights).is_file():
         raise UserError(f"config key 'model.weights': file '{weights}' does not exist")
     with torch.device("meta"):
-        model = build_model(replace(cfg.model, weights=None), num_classes, in_channels)
+        model = build_model(replace(cfg.model, weights=None), num_classes, in_channels,
+                            objective.heads(cfg.train))
+    check_outputs(strategy, available_outputs(model), objective.name)
     params = sum(p.numel() for p in model.parameters())
     state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return params, state
@@ -318,6 +332,7 @@ def committed_count(run_dir: Path) -> int:
 
 def make_plan(cfg: Config, world_size: int, check_disk: bool = True) -> Plan:
     """Validate `cfg` against its dataset and run dir; UserError naming the key or path."""
+    from tidal_dist.objectives import resolve_objective
     from tidal_dist.pool import initial_labeled_set, pool_ids
     from tidal_dist.strategies import get_strategy
 
@@ -346,7 +361,7 @@ def make_plan(cfg: Config, world_size: int, check_disk: bool = True) -> Plan:
             f"{cfg.al.cycles}")
     if cfg.al.budget == 0:
         warnings.append("al.budget=0: every cycle trains on the same labeled set")
-    params, state_bytes = model_size(cfg, manifest.num_classes, shape[0])
+    params, state_bytes = model_size(cfg, strategy, world_size, manifest.num_classes, shape[0])
     disk = disk_plan(cfg, cycles, world_size, manifest.num_classes, params, state_bytes)
     run_dir = Path(cfg.run.dir)
     done = committed_count(run_dir) if run_dir.is_dir() else 0
@@ -363,7 +378,8 @@ def make_plan(cfg: Config, world_size: int, check_disk: bool = True) -> Plan:
     return Plan(world_size=world_size, per_rank_batch=per_rank, pool_size=pool_size,
                 num_classes=manifest.num_classes, image_shape=shape, model_params=params,
                 cycles=cycles, disk=disk, already_committed=done, warnings=warnings,
-                dataset=f"{manifest.dataset} at {root}")
+                dataset=f"{manifest.dataset} at {root}", strategy=strategy.name,
+                objective=resolve_objective(cfg, strategy.objective).name)
 
 
 def dry_run(cfg: Config, world_size: int) -> int:
