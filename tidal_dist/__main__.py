@@ -1,4 +1,4 @@
-from tidal_dist.cli import main
+from tidal_dist.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
