@@ -13,13 +13,13 @@ from tidal_dist.report import report_main
 SEEDS = (0, 1)
 
 
-def full_runs(root, strategies):
+def full_runs(root, strategies, config=None):
     """Runs carrying everything a figure needs: histograms, seconds, module analysis, TD stats,
     per-epoch records, score ablation."""
     for si, strategy in enumerate(strategies):
         for seed in SEEDS:
             accs = [0.4 + 0.01 * seed + 0.02 * si, 0.5 + 0.02 * si, 0.6 + 0.01 * seed]
-            run = make_run(root, strategy, seed, accs,
+            run = make_run(root, strategy, seed, accs, config=config,
                            queried_histogram=[30 - 10 * si, 10 + 5 * si, 10 + 5 * si],
                            module_analysis={"kl_td_module": 0.1 + 0.01 * seed,
                                             "kl_td_classifier": 0.3 - 0.01 * si},
@@ -37,7 +37,9 @@ def full_runs(root, strategies):
 def with_random(tmp_path_factory):
     root = tmp_path_factory.mktemp("fig")
     full_runs(root / "runs", ["random", "tidal_entropy"])
-    assert report_main([str(root / "runs")], root / "out") == 0
+    # the paper's ablation: the classifier's entropy under TiDAL's training
+    full_runs(root / "ablation", ["entropy"], config={"train.objective": "tidal"})
+    assert report_main([str(root / "runs"), str(root / "ablation")], root / "out") == 0
     return root / "out"
 
 
@@ -56,15 +58,16 @@ def test_report_md_embeds_every_figure_and_table(with_random):
     assert sorted(embedded) == sorted(str(p.relative_to(with_random))
                                       for p in with_random.rglob("*.png"))
     for name in ("Per cycle", "Seconds per phase", "Module analysis", "Data maps",
-                 "Score ablation", "Dataset Cartography export"):
+                 "Score ablation", "Dataset Cartography export",
+                 "The TiDAL paper's ablation: module vs classifier under the same training"):
         assert f"### {name}" in text
     assert "Skipped" not in text
     for table in ("accuracy.csv", "seconds.csv", "module_kl.csv", "queried_classes.csv",
-                  "score_ablation.csv"):
+                  "score_ablation.csv", "same_training.csv"):
         assert (with_random / "toy" / table).is_file(), table
     summary = json.loads((with_random / "report.json").read_text())
     assert summary["protocols"][0]["skipped"] == {}
-    assert len(summary["protocols"][0]["cartography"]) == 2 * len(SEEDS) * 3
+    assert len(summary["protocols"][0]["cartography"]) == 3 * len(SEEDS) * 3  # 3 series
 
 
 def test_without_random_the_relative_plot_is_skipped_with_a_message(tmp_path, capsys):

@@ -115,3 +115,34 @@ def test_training_table_gives_validation_accuracy_and_the_loss_trend_before_the_
     text = (out / "report.md").read_text()
     assert "Training: validation accuracy and convergence" in text
     assert f"{falling_change / 2:.2f}" in text
+
+
+def test_module_vs_classifier_under_the_same_training_is_paired_by_seed(tmp_path):
+    """The paper's ablation: TiDAL-H (its own objective) against the classifier's entropy trained
+    with train.objective=tidal, paired by seed; seed 3 has no classifier twin and must not count."""
+    classifier = {0: [0.50, 0.63], 1: [0.53, 0.65], 2: [0.55, 0.66]}
+    for seed, acc in TIDAL.items():
+        make_run(tmp_path / "runs", "tidal_entropy", seed, acc)
+    for seed, acc in classifier.items():
+        make_run(tmp_path / "ablation", "entropy", seed, acc, config={"train.objective": "tidal"})
+    out = tmp_path / "report"
+    assert report_main([str(tmp_path / "runs"), str(tmp_path / "ablation")], out) == 0
+    rows = {int(r["cycle"]): r for r in read_csv(out / "toy" / "same_training.csv")}
+    row = rows[1]
+    assert (row["module_series"], row["classifier_series"]) == ("tidal_entropy", "entropy (tidal)")
+    diffs = [66 - 63, 64 - 65, 71 - 66]
+    assert int(row["diff_n"]) == 3
+    assert float(row["diff_mean"]) == approx(statistics.mean(diffs))
+    assert float(row["diff_std"]) == approx(statistics.stdev(diffs))
+    assert float(row["module_acc_mean"]) == approx(statistics.mean([66, 64, 71, 70]))
+    assert float(row["classifier_acc_mean"]) == approx(statistics.mean([63, 65, 66]))
+    text = (out / "report.md").read_text()
+    assert "module vs classifier under the same training" in text
+    assert f"| 1 | 150 | tidal_entropy vs entropy (tidal) |" in text
+    assert f"{statistics.mean(diffs):.2f} ± {statistics.stdev(diffs):.2f} (n=3)" in text
+
+
+def test_without_a_classifier_run_under_tidal_training_the_ablation_says_what_to_add(report):
+    out, _ = report
+    text = (out / "report.md").read_text()
+    assert "train.objective=tidal" in text and not (out / "toy" / "same_training.csv").exists()

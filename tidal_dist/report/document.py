@@ -57,6 +57,14 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
     else:
         sec.figures["relative"] = plots.relative_curves(protocol, rows, folder / "relative_to_random.png")
     sec.tables["accuracy"] = tables.accuracy_table(protocol, rows, folder)
+    pairs = stats.same_training_pairs(protocol.series)
+    if pairs:
+        sec.tables["same_training"] = tables.same_training_table(
+            [(a, b, stats.cycle_rows(a, b), rows[b.label]) for a, b in pairs], folder)
+    elif any(s.strategy.startswith("tidal_") for s in protocol.series):
+        sec.skipped["same_training"] = (
+            "no classifier-score run under TiDAL's training to pair with; add a sweep with "
+            "--strategies entropy,margin train.objective=tidal (same seeds)")
 
     hists = {(s.label, k): stats.mean_histogram(s, k) for s in protocol.series
              for k in range(stats.num_cycles(s))}
@@ -221,6 +229,16 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
                      "(`--seeds 0,1,2`) to see whether a gap is larger than the noise._\n")
     lines.append(f"Std over seeds (n − 1); Δ and % paired by seed with Random. "
                  f"CSV: [{_rel(sec.folder / 'accuracy.csv', out)}]({_rel(sec.folder / 'accuracy.csv', out)})\n")
+    if "same_training" in sec.tables or "same_training" in sec.skipped:
+        lines.append("### The TiDAL paper's ablation: module vs classifier under the same training\n")
+        lines.append("Each TD-module score (TiDAL-H, TiDAL-M) against the classifier's own entropy "
+                     "or margin, both trained with TiDAL's objective (`train.objective=tidal`), so "
+                     "only the score differs; the difference is paired by seed. CSV: "
+                     "same_training.csv.\n")
+        if "same_training" in sec.tables:
+            lines.append(sec.tables["same_training"])
+        else:
+            lines.append(f"_Skipped: {sec.skipped['same_training']}._\n")
     for name, title in FIGURE_TITLES[2:]:
         figure(name, title)
         if name in sec.tables:

@@ -78,6 +78,23 @@ def cycle_rows(series: Series, baseline: Series | None) -> list[CycleRow]:
     return rows
 
 
+# The TiDAL paper's ablation: each TD-module score against the classifier's own version of it.
+MODULE_VS_CLASSIFIER = (("tidal_entropy", "entropy"), ("tidal_margin", "margin"))
+
+
+def same_training_pairs(series: list[Series]) -> list[tuple[Series, Series]]:
+    """(module series, classifier series) trained with the same objective: a TiDAL strategy
+    under its own objective (auto or tidal) and the classifier's score under
+    train.objective=tidal (the paper's ablation), when both are in the protocol."""
+    pairs = []
+    for module, classifier in MODULE_VS_CLASSIFIER:
+        a = next((x for x in series if x.strategy == module and x.objective in ("auto", "tidal")), None)
+        b = next((x for x in series if x.strategy == classifier and x.objective == "tidal"), None)
+        if a is not None and b is not None:
+            pairs.append((a, b))
+    return pairs
+
+
 def phase_seconds(series: Series) -> dict[str, Spread]:
     """Seconds per cycle spent in each phase, over every committed cycle of every seed."""
     values: dict[str, list[float]] = {}

@@ -82,6 +82,29 @@ def accuracy_table(protocol: Protocol, rows: dict[str, list[CycleRow]], folder: 
     return text
 
 
+def same_training_table(pairs: list[tuple[Series, Series, list[CycleRow], list[CycleRow]]],
+                        folder: Path) -> str:
+    """same_training.csv / markdown: per cycle and (module, classifier) pair, both accuracies and
+    their difference paired by seed (module minus classifier, percentage points).
+    `pairs`: (module series, classifier series, module rows paired with the classifier series,
+    the classifier's own rows)."""
+    csv_rows, md_rows = [], []
+    for module, classifier, rows, classifier_rows in pairs:
+        for r, c in zip(rows, classifier_rows):
+            d = r.difference
+            csv_rows.append([r.cycle, r.labeled, module.label, classifier.label, r.accuracy.mean,
+                             r.accuracy.std, r.accuracy.n, c.accuracy.mean, c.accuracy.std,
+                             c.accuracy.n, d.mean, d.std, d.n])
+            md_rows.append([str(r.cycle), str(r.labeled), f"{module.label} vs {classifier.label}",
+                            pm(r.accuracy), pm(c.accuracy), pm(d, n=True)])
+    write_csv(folder / "same_training.csv",
+              ["cycle", "labeled", "module_series", "classifier_series", "module_acc_mean",
+               "module_acc_std", "module_acc_n", "classifier_acc_mean", "classifier_acc_std",
+               "classifier_acc_n", "diff_mean", "diff_std", "diff_n"], csv_rows)
+    return markdown(["cycle", "labels", "module score vs classifier score", "module %",
+                     "classifier %", "Δ module − classifier, pp (paired)"], md_rows)
+
+
 def seconds_table(protocol: Protocol, seconds: dict[str, dict[str, Spread]], folder: Path) -> str:
     phases: list[str] = []
     for per in seconds.values():
