@@ -17,6 +17,7 @@ run, or a time with its target; each file records the machine (CPU model, cores,
 | peak RSS | scoring 10k candidates (scoring.py) | 1M / 10k <= 1.2 |
 | top-k | - | 10M in < 2 s |
 | strategies | TiDAL-H's query, same run (strategies.py) | per-sample <= 1.1x, BALD <= 1.1 x T; Core-set and BADGE selection at 100k candidates (50k centres, k 10k) < 3 min, < 2 GB |
+| train.sync_batchnorm | torch's BatchNorm2d step, same weights (sync_batchnorm.py) | - (the trade-off in docs/launching.md) |
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from benchmarks import (readers, scoring, strategies, td_gather, train_step,  # noqa: E402
-                        training_path)
+from benchmarks import (readers, scoring, strategies, sync_batchnorm, td_gather,  # noqa: E402
+                        train_step, training_path)
 from benchmarks.common import RESULTS, machine, write  # noqa: E402
 
 FULL = {
@@ -43,6 +44,7 @@ FULL = {
     "scoring": [],
     "readers": [],
     "strategies": [],
+    "sync_batchnorm": [],
 }
 QUICK = {
     "train_step": ["--backbones", "small_cnn", "--steps", "3", "--batch", "16"],
@@ -52,6 +54,7 @@ QUICK = {
                 "--topk-n", "100000"],
     "readers": ["--source", "synthetic:600,10,8x8,1", "--random-reads", "100"],
     "strategies": ["--n", "400", "--labeled", "200", "--k", "40"],
+    "sync_batchnorm": ["--backbones", "small_cnn", "--steps", "2", "--batch", "16"],
 }
 
 
@@ -135,6 +138,11 @@ def figures(res: dict) -> list[dict]:
             add(f"{name} selection step ({size})", v["select_s"],
                 f"{v['select_s']:.1f} s, {v['select_extra_mib']:,.0f} MiB extra", "< 180 s, < 2 GB",
                 v["select_s"] < 180 and v["select_extra_mib"] < 2048)
+    if "sync_batchnorm" in res:
+        for b in res["sync_batchnorm"]["results"]:
+            add(f"train.sync_batchnorm step ({b['backbone']}, {b['device']}, 1 process)", b["ratio"],
+                f"GlobalBatchNorm2d / BatchNorm2d step = {b['ratio']:.3f}; "
+                f"{b['allreduces_per_step_under_ddp']} all-reduces per step under DDP", "-", None)
     if "readers" in res:
         r = res["readers"]
         add("random-access reads", r["random_reads_per_s"],
@@ -160,16 +168,18 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work or tempfile.mkdtemp(prefix="tidal_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     modules = {"train_step": train_step, "training_path": training_path, "td_gather": td_gather,
-               "scoring": scoring, "readers": readers, "strategies": strategies}
+               "scoring": scoring, "readers": readers, "strategies": strategies,
+               "sync_batchnorm": sync_batchnorm}
     results, seconds = {}, {}
     # Benchmarks not run now keep their stored results in the summary (each file has its date).
-    stored = {"train_step": f"train_step_{'cuda' if train_step.torch.cuda.is_available() else 'cpu'}"}
+    device = "cuda" if train_step.torch.cuda.is_available() else "cpu"
+    stored = {"train_step": f"train_step_{device}", "sync_batchnorm": f"sync_batchnorm_{device}"}
     for name in set(FULL) - set(names):
         path = out / f"{stored.get(name, name)}.json"
         if path.exists():
             results[name] = json.loads(path.read_text())
     for name in names:
-        extra = [] if name in ("train_step", "readers") else ["--work", str(work / name)]
+        extra = [] if name in ("train_step", "readers", "sync_batchnorm") else ["--work", str(work / name)]
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
         results[name] = modules[name].main(sizes[name] + extra, out=out)
