@@ -107,8 +107,8 @@ def training(root: Path, work: Path, s: dict) -> dict:
                         logits, _ = model.backbone(x)
                         loss = F.cross_entropy(logits.float(), y)
                     else:
-                        out = model(x)
-                        logits, td_logits = out["logits"], out["td_logits"]
+                        net_out = model(x)
+                        logits, td_logits = net_out["logits"], net_out["td_logits"]
                 if kind == "tidal":
                     probs = F.softmax(logits.float().detach(), dim=1)
                     loss, _, _ = tidal_loss(logits, td_logits, y, td.targets(lo, probs), 1.0, valid=v)

@@ -47,7 +47,10 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, torchvision 
 PYEOF
 
 # module:distribution pairs the product imports that a bare GPU image may lack.
-NEEDED="wids:wids webdataset:webdataset braceexpand:braceexpand yaml:PyYAML tqdm:tqdm psutil:psutil PIL:Pillow matplotlib:matplotlib contourpy:contourpy cycler:cycler fontTools:fonttools kiwisolver:kiwisolver pyparsing:pyparsing dateutil:python-dateutil six:six packaging:packaging"
+NEEDED="wids:wids webdataset:webdataset braceexpand:braceexpand yaml:PyYAML tqdm:tqdm psutil:psutil PIL:Pillow matplotlib:matplotlib contourpy:contourpy cycler:cycler fontTools:fonttools kiwisolver:kiwisolver pyparsing:pyparsing dateutil:python-dateutil packaging:packaging"
+# What some versions of the packages above import (python-dateutil 2.x: six; 4.x: tzdata):
+# installed when missing and the wheel folder has them.
+OPTIONAL="six:six tzdata:tzdata"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tidal_gpu_check.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 install=()
@@ -55,14 +58,24 @@ for pair in $NEEDED; do
   mod=${pair%%:*}; dist=${pair#*:}
   if [ "$FORCE" = 1 ] || ! "$PY" -c "import $mod" 2>/dev/null; then install+=("$dist"); fi
 done
+for pair in $OPTIONAL; do
+  mod=${pair%%:*}; dist=${pair#*:}
+  if compgen -G "$WHEELS/${dist}-*.whl" > /dev/null \
+     && { [ "$FORCE" = 1 ] || ! "$PY" -c "import $mod" 2>/dev/null; }; then install+=("$dist"); fi
+done
 if [ ${#install[@]} -gt 0 ]; then
   echo "gpu_check: installing from $WHEELS into $TMP/site: ${install[*]}"
   # --no-deps and an explicit list: nothing else (torch above all) is pulled in or replaced.
   "$PY" -m pip install --quiet --no-index --no-deps --find-links "$WHEELS" --target "$TMP/site" \
-    "${install[@]}"
+    "${install[@]}" || { echo "gpu_check: the wheel folder '$WHEELS' lacks a wheel for this Python;" \
+                              "fill it as docs/gpu-check.md says" >&2; exit 2; }
 fi
 export PYTHONPATH="$TMP/site:$SRC${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c "import torch, sys; assert '$TMP' not in torch.__file__, 'torch must be the box own'"
+# Everything the check imports, before it starts: a missing piece is named here, not mid-run.
+"$PY" -c "import wids, webdataset, yaml, tqdm, psutil, PIL, matplotlib.pyplot" || {
+  echo "gpu_check: a package above does not import; add its wheel to '$WHEELS' (docs/gpu-check.md)" >&2
+  exit 2; }
 
 cd "$SRC"
 echo "gpu_check: running from $SRC, results into $OUT"
