@@ -39,7 +39,7 @@ from benchmarks.common import RESULTS, machine, write  # noqa: E402
 
 FULL = {
     "train_step": ["--backbones", "small_cnn,resnet18_cifar"],
-    "training_path": ["--n", "4096", "--epochs", "3"],
+    "training_path": ["--n", "4096", "--epochs", "5"],
     "td_gather": ["--sizes", "100000x1000,20000x8142", "--epochs", "6"],
     "scoring": [],
     "readers": [],

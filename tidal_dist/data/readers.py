@@ -325,7 +325,11 @@ class LabeledDataset(Dataset):
     def __getitem__(self, key: tuple[int, bool, int]) -> tuple[int, torch.Tensor, int, bool]:
         sample_id, valid, seed = key
         with torch.random.fork_rng(devices=[]):  # leave the process's own RNG untouched
-            torch.manual_seed(seed)
+            # The CPU generator alone, which torchvision's transforms draw from: torch.manual_seed
+            # also seeds every accelerator backend, and in a process without CUDA each of those
+            # queues a lazy call with a formatted stack trace (measured: over half a visit's
+            # read + decode + augment time).
+            torch.default_generator.manual_seed(seed)
             sample_id, image, label = self.reader[int(sample_id)]
         return sample_id, image, label, bool(valid)
 
