@@ -53,15 +53,15 @@ NEEDED="wids:wids webdataset:webdataset braceexpand:braceexpand yaml:PyYAML tqdm
 OPTIONAL="six:six tzdata:tzdata"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tidal_gpu_check.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
+wanted() { [ "$FORCE" = 1 ] || ! "$PY" -c "import $1" 2>/dev/null; }  # module to install?
 install=()
 for pair in $NEEDED; do
-  mod=${pair%%:*}; dist=${pair#*:}
-  if [ "$FORCE" = 1 ] || ! "$PY" -c "import $mod" 2>/dev/null; then install+=("$dist"); fi
+  if wanted "${pair%%:*}"; then install+=("${pair#*:}"); fi
 done
 for pair in $OPTIONAL; do
-  mod=${pair%%:*}; dist=${pair#*:}
-  if compgen -G "$WHEELS/${dist}-*.whl" > /dev/null \
-     && { [ "$FORCE" = 1 ] || ! "$PY" -c "import $mod" 2>/dev/null; }; then install+=("$dist"); fi
+  if wanted "${pair%%:*}" && compgen -G "$WHEELS/${pair#*:}-*.whl" > /dev/null; then
+    install+=("${pair#*:}")
+  fi
 done
 if [ ${#install[@]} -gt 0 ]; then
   echo "gpu_check: installing from $WHEELS into $TMP/site: ${install[*]}"

@@ -57,6 +57,9 @@ QUICK = {
     "sync_batchnorm": ["--backbones", "small_cnn", "--steps", "2", "--batch", "16"],
 }
 
+PER_DEVICE = {"train_step", "sync_batchnorm"}  # their results file is named <name>_<cpu|cuda>
+NO_SCRATCH = {"train_step", "readers", "sync_batchnorm"}  # they take no --work folder
+
 
 def figures(res: dict) -> list[dict]:
     """The summary: one row per figure, with its target and whether it is met."""
@@ -173,13 +176,12 @@ def main(argv: list[str] | None = None) -> dict:
     results, seconds = {}, {}
     # Benchmarks not run now keep their stored results in the summary (each file has its date).
     device = "cuda" if train_step.torch.cuda.is_available() else "cpu"
-    stored = {"train_step": f"train_step_{device}", "sync_batchnorm": f"sync_batchnorm_{device}"}
     for name in set(FULL) - set(names):
-        path = out / f"{stored.get(name, name)}.json"
+        path = out / f"{name}_{device}.json" if name in PER_DEVICE else out / f"{name}.json"
         if path.exists():
             results[name] = json.loads(path.read_text())
     for name in names:
-        extra = [] if name in ("train_step", "readers", "sync_batchnorm") else ["--work", str(work / name)]
+        extra = [] if name in NO_SCRATCH else ["--work", str(work / name)]
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
         results[name] = modules[name].main(sizes[name] + extra, out=out)

@@ -35,7 +35,7 @@ import torch.nn.functional as F  # noqa: E402
 from benchmarks.common import write  # noqa: E402
 
 
-def in_memory_epoch_s(model, steps: int, batch: int, shape: tuple, device: torch.device,
+def in_memory_epoch_times(model, steps: int, batch: int, shape: tuple, device: torch.device,
                       num_classes: int, bf16: bool) -> list[float]:
     """Seconds of each of 3 timed repeats of `steps` TiDAL steps on pre-made device tensors."""
     from tidal_dist.objectives.tidal import tidal_loss
@@ -68,7 +68,7 @@ def in_memory_epoch_s(model, steps: int, batch: int, shape: tuple, device: torch
 def _baseline(session, initial: dict, args) -> list[float]:
     model = copy.deepcopy(session.model)
     model.load_state_dict(initial)
-    return in_memory_epoch_s(model, -(-args.n // args.batch), args.batch, (3, 32, 32),
+    return in_memory_epoch_times(model, -(-args.n // args.batch), args.batch, (3, 32, 32),
                              session.device, 10, session.precision.bf16)
 
 
