@@ -60,10 +60,10 @@ def training(root: Path, work: Path, s: dict) -> dict:
     from tidal_dist.data.manifest import load_labels
     from tidal_dist.data.readers import epoch_assignment
     from tidal_dist.data.train_batches import DeviceBatches
-    from tidal_dist.objectives.tidal import tidal_loss
     from tidal_dist.dynamics.state import DeviceTD, EpochLayout
-    from tidal_dist.session import build_session
-    from tidal_dist.train import train_cycle
+    from tidal_dist.objectives.tidal import tidal_loss
+    from tidal_dist.training.session import build_session
+    from tidal_dist.training.train import train_cycle
 
     n = s["cifar_n"]
     ids = np.arange(n, dtype=np.int64)
@@ -129,7 +129,7 @@ def training(root: Path, work: Path, s: dict) -> dict:
 def inference_rates(session, root: Path, s: dict) -> dict:
     """Evaluation and scoring img/s of the trained CIFAR model (3)."""
     from tidal_dist.data.manifest import load_manifest
-    from tidal_dist.inference import predict
+    from tidal_dist.training.inference import predict
 
     rates = {}
     for name, split in (("eval", "test"), ("score", "pool")):
@@ -155,8 +155,8 @@ def jpeg_scoring(work: Path, s: dict) -> dict:
     """4: ResNet-50 scoring img/s, GPU decode vs CPU decode, on a synthetic JPEG folder."""
     from benchmarks.make_image_folder import generate
     from tidal_dist.data.shards import prepare
-    from tidal_dist.inference import predict
-    from tidal_dist.session import build_session
+    from tidal_dist.training.inference import predict
+    from tidal_dist.training.session import build_session
 
     folder, root = work / "jpeg_folder", work / "jpeg_shards"
     per_class = max(1, s["jpeg_n"] // 10)

@@ -1,7 +1,7 @@
 """Every benchmark on the machine it runs on, and one summary of the figures against their targets.
 
     python benchmarks/run.py                 # full sizes (about 25 minutes on 2 CPU cores)
-    python benchmarks/run.py --quick         # tiny sizes, a smoke test (tests/test_benchmarks.py)
+    python benchmarks/run.py --quick         # tiny sizes, a smoke test (tests/benchmarks/test_benchmarks.py)
     python benchmarks/run.py --out DIR --only td_gather,scoring
 
 Writes DIR/<name>.json + DIR/<name>.md for each benchmark (default DIR: benchmarks/results) and

@@ -29,14 +29,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would swamp the resu
 
 from benchmarks.common import write  # noqa: E402
 from tidal_dist.config import load_config  # noqa: E402
+from tidal_dist.cycle.score import score_pool  # noqa: E402
 from tidal_dist.data.manifest import load_manifest  # noqa: E402
 from tidal_dist.data.readers import StreamingDataset, stream_loader  # noqa: E402
 from tidal_dist.data.shards import prepare  # noqa: E402
 from tidal_dist.data.transforms import build_transform  # noqa: E402
-from tidal_dist.score import score_pool  # noqa: E402
 from tidal_dist.selection import top_k  # noqa: E402
 from tidal_dist.strategies import ScoreContext, get_strategy  # noqa: E402
-from tidal_dist.session import build_session  # noqa: E402
+from tidal_dist.training.session import build_session  # noqa: E402
 
 
 REPEATS = 4

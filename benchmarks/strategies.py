@@ -70,10 +70,10 @@ def dataset(work: Path, n_pool: int) -> Path:
 
 def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     from tidal_dist.config import load_config
-    from tidal_dist.loop import select
-    from tidal_dist.score import score_labeled, score_pool
-    from tidal_dist.session import build_session
+    from tidal_dist.cycle.loop import select
+    from tidal_dist.cycle.score import score_labeled, score_pool
     from tidal_dist.strategies import ScoreContext, get_strategy, registry
+    from tidal_dist.training.session import build_session
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="candidates")

@@ -52,7 +52,7 @@ class VisitRecorder:
     """One rank's visits between two folds: ids and softmax rows, preallocated memmaps."""
 
     def __init__(self, folder: Path, rank: int, capacity: int, num_classes: int):
-        from tidal_dist.fsutil import new_memmap
+        from tidal_dist.job.fsutil import new_memmap
 
         folder.mkdir(parents=True, exist_ok=True)
         self.ids = new_memmap(folder / f"visit_ids.rank{rank}.npy", np.int64, (capacity,))

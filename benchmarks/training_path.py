@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     from tidal_dist.config import load_config
     from tidal_dist.data.manifest import load_labels
     from tidal_dist.data.shards import prepare
-    from tidal_dist.session import build_session
-    from tidal_dist.train import train_cycle
+    from tidal_dist.training.session import build_session
+    from tidal_dist.training.train import train_cycle
 
     work = Path(args.work or tempfile.mkdtemp(prefix="tidal_path_"))
     root = work / f"cifar_shaped_{args.n}"

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from tidal_dist.config import Config, bind_run_dir, diff, load_config, to_yaml
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 def write(tmp_path, text, name="c.yaml"):

@@ -11,7 +11,7 @@
     tidal-dist status runs/c10                                    # the recorded outcome, as the exit code
 
 Bad input (UserError) prints one clear line and exits with status 2; no traceback. Exit codes of
-run / train / status (tidal_dist/outcome.py, docs/launching.md): 0 done, 1 failed, 2 bad input,
+run / train / status (tidal_dist/job/outcome.py, docs/launching.md): 0 done, 1 failed, 2 bad input,
 3 waiting for labels, 4 not finished (status only), 75 preempted.
 """
 
@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 EXIT_USER_ERROR = 2
 
@@ -109,10 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from tidal_dist.cycle.lifecycle import OUTPUT_ERRNOS
+    from tidal_dist.cycle.plan import check_output_location
     from tidal_dist.data.manifest import summary
     from tidal_dist.data.shards import prepare
-    from tidal_dist.lifecycle import OUTPUT_ERRNOS
-    from tidal_dist.plan import check_output_location
 
     out = Path(args.out)
     if not (out / "manifest.json").exists():  # a finished output is a no-op, even read-only
@@ -139,7 +139,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     source = ShardSource.of(args.root, manifest.base_url, args.shard_url)
     print(summary(manifest))
     if not args.verify:  # problems: UserError, exit 2
-        from tidal_dist.plan import check_shards
+        from tidal_dist.cycle.plan import check_shards
 
         check_shards(Path(args.root), manifest, args.shard_url)  # present and sized: no hashing
         if not source.remote:
@@ -158,8 +158,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace, cfg) -> int:
-    from tidal_dist.distributed import world_size
-    from tidal_dist.plan import dry_run
+    from tidal_dist.cycle.plan import dry_run
+    from tidal_dist.job.distributed import world_size
 
     if args.world_size is not None and args.world_size < 1:
         raise UserError(f"--world-size must be >= 1 (got {args.world_size})")
@@ -172,10 +172,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # config errors before the heavy imports
     if args.dry_run:
         return _dry_run(args, cfg)
-    from tidal_dist.lifecycle import run_command
+    from tidal_dist.cycle.lifecycle import run_command
 
     def body() -> int:
-        from tidal_dist.train import train_main
+        from tidal_dist.cycle.loop import train_main
 
         return train_main(cfg)
 
@@ -188,10 +188,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         return _dry_run(args, cfg)
-    from tidal_dist.lifecycle import run_command
+    from tidal_dist.cycle.lifecycle import run_command
 
     def body() -> int:
-        from tidal_dist.loop import run_main
+        from tidal_dist.cycle.loop import run_main
 
         return run_main(cfg)
 
@@ -211,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tidal_dist.outcome import status_main
+    from tidal_dist.job.outcome import status_main
 
     overrides = [t for t in args.target if "=" in t]
     if args.config or overrides:
@@ -240,7 +240,7 @@ def entry() -> None:
     ZeRO-0 runs; pytorch/pytorch#179291 describes the teardown race). An error that escapes
     main() (a bug) keeps the normal exit and its traceback."""
     code = main()
-    from tidal_dist.distributed import world_size
+    from tidal_dist.job.distributed import world_size
 
     if world_size() > 1:
         import logging
@@ -254,13 +254,13 @@ def entry() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tidal_dist.distributed import export_launcher_env
+    from tidal_dist.job.distributed import export_launcher_env
 
     export_launcher_env()  # bare srun: torchrun's variables from SLURM's, before anyone reads them
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
-        from tidal_dist.distributed import rank, world_size
+        from tidal_dist.job.distributed import rank, world_size
 
         where = f"[rank {rank()}] " if world_size() > 1 else ""
         print(f"tidal-dist {args.command}: error: {where}{e}", file=sys.stderr)

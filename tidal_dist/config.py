@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 @dataclass
@@ -123,7 +123,7 @@ class RunConfig:
     # RUN_DIR/tensorboard/; wandb needs the wandb package and its login.
     trackers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     # Seconds from the first stop signal to a forced exit if the checkpoint has not finished;
-    # under torchrun capped below its grace period (tidal_dist/preemption.py).
+    # under torchrun capped below its grace period (tidal_dist/job/preemption.py).
     preempt_deadline_s: int = 60
 
 
@@ -388,7 +388,7 @@ def bind_run_dir(cfg: Config, write: bool) -> Path:
     Only rank 0 passes write=True; the other ranks only check. Paths (data.root, run.dir) are
     compared resolved, so `runs/x` and `./runs/x/` are the same run.
     """
-    from tidal_dist.fsutil import atomic_write_text
+    from tidal_dist.job.fsutil import atomic_write_text
 
     run_dir = Path(cfg.run.dir)
     saved_path = run_dir / RUN_CONFIG_NAME

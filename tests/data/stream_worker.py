@@ -9,8 +9,8 @@ streams the pool split through 2 DataLoader workers and writes the ids it saw to
 import sys
 from pathlib import Path
 
-from tidal_dist import distributed
 from tidal_dist.data import StreamingDataset, build_transform, load_manifest, stream_loader
+from tidal_dist.job import distributed
 
 
 def main() -> None:

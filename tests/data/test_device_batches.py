@@ -13,7 +13,7 @@ from tidal_dist.data.manifest import load_manifest
 from tidal_dist.data.readers import RandomAccessReader, visit_seed
 from tidal_dist.data.train_batches import choose_path
 from tidal_dist.data.transforms import build_decode, build_transform
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 def test_visit_seeds_equal_the_scalar_visit_seed():

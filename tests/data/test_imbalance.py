@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tidal_dist.data.imbalance import imbalanced_pool
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 CIFAR10_IR10 = [4999, 3870, 2996, 2320, 1796, 1391, 1077, 833, 645, 499]
 

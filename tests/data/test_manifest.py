@@ -7,7 +7,7 @@ import pytest
 import wids
 
 from tidal_dist.data.manifest import load_labels, load_manifest, summary, verify
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 def test_split_helpers(synthetic_dataset):

@@ -14,7 +14,7 @@ from tidal_dist.data.manifest import load_labels, load_manifest
 from tidal_dist.data.readers import (LabeledDataset, RandomAccessReader, StreamingDataset,
                                      VisitSampler, epoch_assignment, stream_loader, visit_seed)
 from tidal_dist.data.transforms import build_transform
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 @pytest.fixture(scope="module")

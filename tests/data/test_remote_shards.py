@@ -26,7 +26,7 @@ from tidal_dist.data.manifest import load_manifest, summary
 from tidal_dist.data.readers import RandomAccessReader, StreamingDataset, stream_loader
 from tidal_dist.data.shards import prepare
 from tidal_dist.data.transforms import build_transform
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 POOL_SHARDS = [f"pool-{i:06d}.tar" for i in range(6)]
 

@@ -12,7 +12,7 @@ from PIL import Image
 from tidal_dist.data.manifest import load_labels, load_manifest
 from tidal_dist.data.shards import prepare
 from tidal_dist.data.sources import open_source
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 def sha256(path):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tidal_dist.data.sources import (FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, open_source, parse_spec)
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 def decode(data: bytes) -> np.ndarray:

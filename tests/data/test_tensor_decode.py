@@ -65,8 +65,8 @@ def test_auto_uses_tensor_decode_only_on_a_gpu_for_image_folders(jpeg_folder, sy
 
 def test_scoring_with_tensor_decode_gives_the_pil_paths_outputs(jpeg_folder, tmp_path):
     from tidal_dist.config import load_config
-    from tidal_dist.inference import predict
-    from tidal_dist.session import build_session
+    from tidal_dist.training.inference import predict
+    from tidal_dist.training.session import build_session
 
     outputs = {}
     for decode in ("pil", "tensor"):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tidal_dist.data.manifest import load_manifest
 from tidal_dist.data.transforms import build_transform
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 def png(array: np.ndarray) -> bytes:

@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from tidal_dist.config import ModelConfig
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 from tidal_dist.models import (
     ResNet18Cifar,
     SmallCNN,

@@ -1,6 +1,6 @@
 """`tidal-dist run` with an audit hook that lists every file this rank opens for writing under the
 run directory (all_writes), and those whose name does not carry its rank (foreign_writes). Run
-under torchrun by tests/test_loop.py.
+under torchrun by tests/cycle/test_loop.py.
 
 usage: audited_run.py RUN_DIR AUDIT_OUT key=value ...
 """

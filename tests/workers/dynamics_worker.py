@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_dynamics/state.py: drive dynamics.DeviceTD through EPOCHS epochs
+"""Run under torchrun by tests/dynamics/test_state.py: drive dynamics.DeviceTD through EPOCHS epochs
 with deterministic stand-in probabilities (a function of id and epoch), on gloo.
 
 usage: dynamics_worker.py OUT N C EPOCHS BATCH [crash_epoch]

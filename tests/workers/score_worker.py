@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_score.py: score candidates with a freshly seeded model and select.
+"""Run under torchrun by tests/cycle/test_score.py: score candidates with a freshly seeded model and select.
 
 usage: score_worker.py OUT STRATEGY[,STRATEGY...] N_CANDIDATES [key=value ...]
 The network is built for the first STRATEGY (its objective's heads, unless train.objective is
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from tidal_dist.config import candidate_seed, load_config
+from tidal_dist.cycle.loop import select
+from tidal_dist.cycle.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
 from tidal_dist.data.manifest import load_manifest
-from tidal_dist.loop import select
-from tidal_dist.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
-from tidal_dist.session import build_session
 from tidal_dist.strategies import ScoreContext, get_strategy
+from tidal_dist.training.session import build_session
 
 
 def main() -> None:

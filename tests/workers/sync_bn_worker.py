@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_sync_bn.py: one GlobalBatchNorm2d training step on this rank's
+"""Run under torchrun by tests/models/test_sync_batchnorm.py: one GlobalBatchNorm2d training step on this rank's
 slice of a seeded global batch.
 
 usage: sync_bn_worker.py OUT GLOBAL_BATCH

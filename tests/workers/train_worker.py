@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_train*.py and tests/test_evaluate.py.
+"""Run under torchrun by tests/training/test_train.py and tests/test_evaluate.py.
 
 usage: train_worker.py OUT MODE [key=value ...]
   MODE standin: train one cycle with tests/standins.LinearTiDAL (lr 0), then evaluate
@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the stan
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's own tidal_dist
 
 from tidal_dist.config import load_config  # noqa: E402
+from tidal_dist.cycle.pool import initial_labeled_set  # noqa: E402
 from tidal_dist.data.manifest import load_labels, load_manifest  # noqa: E402
-from tidal_dist.evaluate import evaluate  # noqa: E402
-from tidal_dist.pool import initial_labeled_set  # noqa: E402
-from tidal_dist.session import build_session
-from tidal_dist.train import train_cycle  # noqa: E402
+from tidal_dist.training.evaluate import evaluate  # noqa: E402
+from tidal_dist.training.session import build_session
+from tidal_dist.training.train import train_cycle  # noqa: E402
 
 
 def main() -> None:

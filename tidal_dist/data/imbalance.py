@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 def long_tail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:

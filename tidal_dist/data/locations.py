@@ -35,7 +35,7 @@ from webdataset.gopen import Pipe, gopen, gopen_schemes
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from tidal_dist.data.manifest import ShardInfo, local_shard_problem
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 SHARD_PLACEHOLDER = "{shard}"
 CHUNK = 1 << 20

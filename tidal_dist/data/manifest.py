@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

@@ -29,11 +29,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 from wids.wids import IndexedTarSamples
 
-from tidal_dist import distributed
 from tidal_dist.data.locations import ShardSource, ShardStream
 from tidal_dist.data.manifest import ShardInfo, SplitInfo, file_sha256, load_manifest
 from tidal_dist.data.shard_cache import ShardCache
-from tidal_dist.errors import UserError
+from tidal_dist.job import distributed
+from tidal_dist.job.errors import UserError
 
 Transform = Callable[[bytes], torch.Tensor]
 Sample = tuple[int, torch.Tensor, int]  # (global id, image, label)
@@ -270,9 +270,9 @@ def stream_loader(dataset: StreamingDataset, batch_size: int, num_workers: int,
                   collate: Callable | None = None) -> DataLoader:
     """Batches of (ids, images, labels). Never pass it to accelerator.prepare: Accelerate would
     re-dispatch an iterable dataset from rank 0 and break the exactly-once split."""
-    from tidal_dist.preemption import loader_worker_init
+    from tidal_dist.job.preemption import loader_worker_init
 
-    # Workers survive a process group's stop signal and hand it to their rank (preemption.py).
+    # Workers survive a process group's stop signal and hand it to their rank (job/preemption.py).
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                       collate_fn=collate or collate_samples, persistent_workers=False,
                       worker_init_fn=loader_worker_init)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from tidal_dist.data.locations import ShardMismatch, ShardStream
 from tidal_dist.data.manifest import ShardInfo
-from tidal_dist.errors import UserError
-from tidal_dist.fsutil import atomic_write
+from tidal_dist.job.errors import UserError
+from tidal_dist.job.fsutil import atomic_write
 
 log = logging.getLogger("tidal_dist")
 

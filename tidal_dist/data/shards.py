@@ -26,8 +26,8 @@ from tidal_dist.data.locations import check_base_url
 from tidal_dist.data.manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo,
                                       load_manifest)
 from tidal_dist.data.sources import SPLITS, Source, SourceSpec, open_source, parse_spec
-from tidal_dist.errors import UserError
-from tidal_dist.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from tidal_dist.job.errors import UserError
+from tidal_dist.job.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from tidal_dist.telemetry.progress import progress as progress_output
 
 WIDS_KIND = "wids-shard-index-v1"

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 SPLITS = ("pool", "test")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from tidal_dist.data.manifest import Manifest
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are what the

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tidal_dist.data.device_batches import DEVICE_KINDS, DeviceImages, crop_flip_params, visit_seeds
 from tidal_dist.data.readers import LabeledDataset, RandomAccessReader, VisitSampler
 from tidal_dist.data.transforms import build_decode
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 log = logging.getLogger("tidal_dist")
 
@@ -68,7 +68,7 @@ class LoaderBatches:
         self.session, self.batch = session, batch
         self.sampler = VisitSampler()
         workers = session.cfg.data.num_workers
-        from tidal_dist.preemption import loader_worker_init
+        from tidal_dist.job.preemption import loader_worker_init
 
         self.loader = DataLoader(LabeledDataset(session.reader(), labeled_ids), batch_size=batch,
                                  sampler=self.sampler, num_workers=workers,

@@ -21,7 +21,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from tidal_dist.data.manifest import Manifest
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 TRAIN_KINDS = ("crop_flip", "random_resized_crop", "none")
 EVAL_KINDS = ("none", "resize_center_crop")

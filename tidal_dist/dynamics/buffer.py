@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tidal_dist.errors import UserError
-from tidal_dist.fsutil import new_memmap
+from tidal_dist.job.errors import UserError
+from tidal_dist.job.fsutil import new_memmap
 
 _FILES = ("ids.npy", "sum.npy", "count.npy", "stats.npy")
 STATS_COLUMNS = ("sum_gold", "sum_gold_sq", "correct")

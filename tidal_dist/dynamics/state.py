@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 
 from tidal_dist.data.readers import epoch_order, padded_length
-from tidal_dist.errors import UserError
-from tidal_dist.fsutil import atomic_write, new_memmap
 from tidal_dist.dynamics.buffer import STATS_COLUMNS, TDBuffer, write_buffers
+from tidal_dist.job.errors import UserError
+from tidal_dist.job.fsutil import atomic_write, new_memmap
 
 AUX_COLUMNS = ("count", *STATS_COLUMNS)
 # Rows per rank moved by one collective when gathering to rank 0: bounds the temporary memory.

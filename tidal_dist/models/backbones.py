@@ -19,7 +19,7 @@ import torchvision
 from torch import Tensor, nn
 
 from tidal_dist.config import ModelConfig
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ them")."""
 from __future__ import annotations
 
 from tidal_dist.config import Config
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 from tidal_dist.objectives.base import Objective, StepBatch, register, registry
 
 # Importing the modules registers their objectives.

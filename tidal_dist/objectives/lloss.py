@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tidal_dist.config import TrainConfig
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 from tidal_dist.models.network import Heads
 from tidal_dist.objectives.base import (Objective, StepBatch, cross_entropy_rows, masked_sum,
                                         module_kl, register)

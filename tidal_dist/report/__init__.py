@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 
 def report_main(paths: list[str], out: str | Path, cartography_max_classes: int = 100) -> int:

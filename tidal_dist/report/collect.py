@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from tidal_dist.config import MUTABLE_KEYS, RUN_CONFIG_NAME, Config, flatten
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 SWEEP_NAME = "sweep.json"
 PER_RUN_KEYS = frozenset({"run.seed", "run.dir", "al.strategy", "train.objective"})

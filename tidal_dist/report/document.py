@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidal_dist.fsutil import atomic_write_json, atomic_write_text
+from tidal_dist.job.fsutil import atomic_write_json, atomic_write_text
 from tidal_dist.report import plots, stats, tables
 from tidal_dist.report.cartography import ExportRefused, export_cycle
 from tidal_dist.report.collect import BASELINE, Protocol, Run

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tidal_dist.fsutil import atomic_write  # noqa: E402
+from tidal_dist.job.fsutil import atomic_write  # noqa: E402
 from tidal_dist.report import stats  # noqa: E402
 from tidal_dist.report.collect import Protocol, Series  # noqa: E402
 from tidal_dist.report.datamaps import DataMap  # noqa: E402

@@ -14,7 +14,7 @@ import io
 import math
 from pathlib import Path
 
-from tidal_dist.fsutil import atomic_write_text
+from tidal_dist.job.fsutil import atomic_write_text
 from tidal_dist.report.collect import Protocol, Series
 from tidal_dist.report.stats import CycleRow, Spread
 

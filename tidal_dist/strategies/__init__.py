@@ -20,7 +20,7 @@ Convention: HIGHER uncertainty = picked first (selection.top_k). A strategy whos
 
 from __future__ import annotations
 
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 from tidal_dist.strategies.base import (OUTPUTS, Outputs, ScoreContext, Selection, SelectionInputs,
                                         Strategy, register, registry)
 

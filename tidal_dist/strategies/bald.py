@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from tidal_dist.hashrng import splitmix64, to_unit
+from tidal_dist.strategies.hashrng import splitmix64, to_unit
 from tidal_dist.strategies.base import (Outputs, ScoreContext, Strategy, entropy_of_probs,
                                         register)
 

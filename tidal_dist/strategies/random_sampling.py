@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from tidal_dist.hashrng import uniform_hash
 from tidal_dist.strategies.base import Outputs, ScoreContext, Strategy, register
+from tidal_dist.strategies.hashrng import uniform_hash
 
 
 @register

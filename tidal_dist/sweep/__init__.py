@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from tidal_dist.distributed import rank
-from tidal_dist.errors import UserError
+from tidal_dist.job.distributed import rank
+from tidal_dist.job.errors import UserError
 
 
 def sweep_main(args: argparse.Namespace) -> int:

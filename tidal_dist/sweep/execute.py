@@ -27,8 +27,8 @@ import subprocess
 import sys
 import time
 
-from tidal_dist.distributed import rank, world_size
-from tidal_dist.errors import UserError
+from tidal_dist.job.distributed import rank, world_size
+from tidal_dist.job.errors import UserError
 from tidal_dist.sweep.plan import PlannedRun, Sweep, run_config, run_progress
 
 log = logging.getLogger("tidal_dist")
@@ -79,8 +79,8 @@ def execute(sweep: Sweep, indices: list[int], launcher: str | None, jobs: int = 
 
 def run_in_process(run: PlannedRun) -> int:
     """As `tidal-dist run` would: checked before anything is written, outcome recorded."""
-    from tidal_dist.lifecycle import run_command
-    from tidal_dist.loop import run_main
+    from tidal_dist.cycle.lifecycle import run_command
+    from tidal_dist.cycle.loop import run_main
 
     cfg = run_config(run)
     return run_command(cfg, "run", lambda: run_main(cfg, end_training=False))

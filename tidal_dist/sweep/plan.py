@@ -23,8 +23,8 @@ import yaml
 
 from tidal_dist.config import (RUN_CONFIG_NAME, Config, config_from_dict, diff, load_config,
                                parse_override)
-from tidal_dist.errors import UserError
-from tidal_dist.fsutil import atomic_write_json
+from tidal_dist.job.errors import UserError
+from tidal_dist.job.fsutil import atomic_write_json
 
 SWEEP_NAME = "sweep.json"
 SWEEP_VERSION = 1

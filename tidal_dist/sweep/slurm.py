@@ -11,8 +11,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from tidal_dist.errors import UserError
-from tidal_dist.fsutil import atomic_write_text
+from tidal_dist.job.errors import UserError
+from tidal_dist.job.fsutil import atomic_write_text
 from tidal_dist.sweep.plan import Sweep
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "launch" / "slurm" / "sweep.sbatch"

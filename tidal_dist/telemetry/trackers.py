@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from tidal_dist.errors import UserError
+from tidal_dist.job.errors import UserError
 
 # tracker name -> the package it needs
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}

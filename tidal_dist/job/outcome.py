@@ -1,0 +1,232 @@
+"""The run's outcome, recorded in the run directory so that no launcher can lose it.
+
+torchrun and `accelerate launch` turn every non-zero exit of a rank into their own exit 1 (with a
+traceback), so a requeue decision cannot rest on the exit code. Instead rank 0 records
+
+    RUN_DIR/outcome.json   {"status", "exit_code", "message", "time", "world_size", ...}
+
+atomically when a command ends, and `tidal-dist status RUN_DIR` prints it and exits with its code:
+
+    done 0 | failed 1 | bad_input 2 | waiting_for_labels 3 | not_finished 4 | preempted 75
+
+`not_finished` is what status reports when there is no final record: the run never started in
+that folder, is still running, or was killed without a chance to record (kill -9, the OOM
+killer, a lost node). While a command runs, outcome.json says "running" with its host and pid.
+
+A rank other than 0 that fails writes `outcome.rank{R}.json` (its own file), because rank 0 may
+never learn why: it typically sees only a broken collective, or a SIGTERM from the launcher. Rank
+0 and `status` both merge those files: a rank's failure recorded after this attempt started
+replaces a "running", "preempted" or "failed" record, so the message names the real cause. Ranks
+compare wall-clock times, which assumes the nodes' clocks agree to within a few seconds (NTP).
+
+Nothing is recorded while the run directory is not this run's: a config refused before anything
+was written (the dry-run checks) or a run directory made with another config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tidal_dist.job import distributed, preemption
+from tidal_dist.job.errors import UserError
+from tidal_dist.job.fsutil import atomic_write_json
+
+EXIT_CODES = {"done": 0, "failed": 1, "bad_input": 2, "waiting_for_labels": 3,
+              "not_finished": 4, "preempted": preemption.EXIT_PREEMPTED}
+EXIT_NOT_FINISHED = EXIT_CODES["not_finished"]
+RECORD_NAME = "outcome.json"
+# Statuses a later failure of another rank explains better (its message is the cause).
+SUPERSEDED_BY_RANK_FAILURE = frozenset({"running", "preempted", "failed"})
+
+
+@dataclass
+class Outcome:
+    status: str  # one of EXIT_CODES, or "running"
+    exit_code: int
+    message: str
+    time: str  # ISO 8601, UTC
+    unix_time: float
+    started: float  # unix time the recording process started this attempt
+    world_size: int
+    command: str  # run | train
+    launcher: str  # torchrun | srun | plain
+    host: str
+    pid: int
+    rank: int = 0
+
+    @staticmethod
+    def make(status: str, message: str, command: str, started: float, rank: int = 0) -> Outcome:
+        now = time.time()
+        return Outcome(status=status, exit_code=EXIT_CODES.get(status, EXIT_NOT_FINISHED),
+                       message=message, time=datetime.fromtimestamp(now, timezone.utc).isoformat(
+                           timespec="seconds"), unix_time=now, started=started,
+                       world_size=distributed.world_size(), command=command,
+                       launcher=distributed.launcher_name(), host=socket.gethostname(),
+                       pid=os.getpid(), rank=rank)
+
+
+def record_path(run_dir: Path, rank: int = 0) -> Path:
+    return run_dir / (RECORD_NAME if rank == 0 else f"outcome.rank{rank}.json")
+
+
+def _load(path: Path) -> Outcome | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Outcome(**{k: data[k] for k in Outcome.__dataclass_fields__ if k in data})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def rank_failures(run_dir: Path, since: float) -> list[Outcome]:
+    """Failures other ranks recorded at or after `since`, earliest first."""
+    found = [_load(p) for p in sorted(run_dir.glob("outcome.rank*.json"))]
+    return sorted((o for o in found if o is not None and o.unix_time >= since),
+                  key=lambda o: o.unix_time)
+
+
+def merged(main: Outcome | None, run_dir: Path) -> Outcome | None:
+    """Rank 0's record, replaced by the first failure another rank recorded since it started."""
+    since = main.started if main is not None else 0.0
+    failures = rank_failures(run_dir, since)
+    if not failures:
+        return main
+    if main is not None and main.status not in SUPERSEDED_BY_RANK_FAILURE:
+        return main
+    first = failures[0]
+    message = f"rank {first.rank} on {first.host}: {first.message}"
+    if main is not None and main.status != "running" and main.message:
+        message += f" (rank 0: {main.status}: {main.message})"
+    return Outcome(**{**asdict(first), "message": message})
+
+
+def read(run_dir: str | os.PathLike) -> Outcome | None:
+    run_dir = Path(run_dir)
+    return merged(_load(record_path(run_dir)), run_dir)
+
+
+class Recorder:
+    """One per command invocation and process. Rank 0 writes outcome.json, other ranks write
+    outcome.rank{R}.json on failure. Writes only once `bind()` says the run dir is this run's."""
+
+    def __init__(self, run_dir: str | os.PathLike, command: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.command = command
+        self.rank = distributed.rank()
+        self.started = time.time()
+        self.bound = False
+        self.notes: list[str] = []
+        self.finished = False
+        self._lock = threading.Lock()
+        preemption.on_forced_exit(self._forced)
+
+    def bind(self) -> None:
+        """The run dir holds this run's config: outcomes may be written from now on."""
+        self.bound = True
+
+    def running(self) -> None:
+        if self.bound and self.rank == 0:
+            self._write(Outcome.make("running", f"{self.command} in progress", self.command,
+                                     self.started))
+
+    def note(self, text: str) -> None:
+        """Part of the final message (e.g. why a run ended early)."""
+        self.notes.append(text)
+
+    def finish(self, status: str, message: str) -> int:
+        """Record the final status (once); returns its exit code."""
+        with self._lock:
+            if self.finished:
+                return EXIT_CODES[status]
+            self.finished = True
+            message = "; ".join([*self.notes, message] if message else self.notes)
+            record = Outcome.make(status, message, self.command, self.started, self.rank)
+            if self.bound:
+                if self.rank == 0:
+                    merged_record = merged(record, self.run_dir)
+                    self._write(merged_record)
+                    record = merged_record
+                elif status in ("failed", "bad_input"):
+                    self._write(record)
+            return record.exit_code if self.rank == 0 else EXIT_CODES[status]
+
+    def _forced(self, message: str) -> None:
+        self.finish("preempted", message)
+
+    def _write(self, record: Outcome) -> None:
+        try:
+            atomic_write_json(record_path(self.run_dir, self.rank), asdict(record))
+        except OSError as e:  # a full or vanished disk must not hide the real outcome
+            print(f"tidal-dist: cannot record the outcome in {self.run_dir}: {e}", file=sys.stderr)
+
+
+_current: Recorder | None = None
+
+
+def set_current(recorder: Recorder | None) -> None:
+    global _current
+    _current = recorder
+
+
+def running() -> None:
+    """Called by a command on every rank once config.yaml is written or matched: from now on
+    the run dir is this run's, and rank 0 records "running" there."""
+    if _current is not None:
+        _current.bind()
+        _current.running()
+
+
+def note(text: str) -> None:
+    """Add to the final outcome's message (e.g. why the run ended before al.cycles)."""
+    if _current is not None:
+        _current.note(text)
+
+
+def describe(run_dir: Path, record: Outcome | None) -> tuple[str, int]:
+    """(text for `tidal-dist status`, exit code)."""
+    if record is None:
+        if not (run_dir / "config.yaml").exists():
+            return (f"{run_dir}: not_finished (exit {EXIT_NOT_FINISHED}): no run was ever started "
+                    f"here", EXIT_NOT_FINISHED)
+        return (f"{run_dir}: not_finished (exit {EXIT_NOT_FINISHED}): a run was set up here but "
+                f"recorded no outcome yet", EXIT_NOT_FINISHED)
+    when = f"{record.time}, {record.command}, {record.world_size} process(es) via {record.launcher}"
+    if record.status == "running":
+        alive = _alive(record)
+        state = ("still running" if alive else
+                 "stopped without recording an outcome (killed: kill -9, out of memory, lost node?)"
+                 if alive is False else "running, or stopped without recording an outcome")
+        return (f"{run_dir}: not_finished (exit {EXIT_NOT_FINISHED}): {state}; started {when}, "
+                f"pid {record.pid} on {record.host}", EXIT_NOT_FINISHED)
+    return f"{run_dir}: {record.status} (exit {record.exit_code}) at {when}: {record.message}", \
+        record.exit_code
+
+
+def _alive(record: Outcome) -> bool | None:
+    """Whether the recording process still runs; None when it ran on another host."""
+    if record.host != socket.gethostname():
+        return None
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status_main(run_dir: str | os.PathLike) -> int:
+    """`tidal-dist status RUN_DIR`."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"'{run_dir}' is not a run directory (it is a file)")
+    text, code = describe(run_dir, read(run_dir))
+    print(text)
+    return code

@@ -1,0 +1,12 @@
+"""Training one cycle's network, and running it forward over a split.
+
+    runtime     the Accelerator (DDP, DeepSpeed, CPU), precision, seeding, logging
+    session     what a cycle's training needs, built once: accelerator, network, objective, reader
+    train       one cycle's epochs: batches, the objective's loss, TD rows, checkpoints
+    checkpoint  the epoch checkpoint (weights_only), written atomically, resumed from `latest`
+    inference   one pass of the network over streamed ids, no collectives inside
+    evaluate    test accuracy, each test sample once on some rank
+
+Imports the rooms below it (job, config, data, dynamics, models, objectives, strategies,
+telemetry); never the cycle, sweep or report rooms.
+"""

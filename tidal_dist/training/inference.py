@@ -1,0 +1,55 @@
+"""Eval-mode forward passes over a split, sharded across ranks: shared by evaluation and scoring.
+
+Each rank streams its own share (data.readers.StreamingDataset, exactly once over ranks x loader
+workers) through the unwrapped model: DDP's forward may broadcast buffers, a collective that would
+deadlock when ranks run different numbers of batches. No collective runs inside the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from tidal_dist.data.readers import StreamingDataset, stream_loader
+from tidal_dist.data.tensor_decode import TensorDecoder, collate_raw, raw_bytes, use_tensor_decode
+from tidal_dist.data.transforms import build_transform
+from tidal_dist.job import faults, preemption
+
+
+def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+    """Yield (ids, labels, outputs) for this rank's share of `split` (or of `ids`): outputs is the
+    network's dict (logits, embedding, td_logits, loss_pred as it has them), float32 on the
+    device; ids and labels stay on the CPU."""
+    cfg, acc = session.cfg, session.accelerator
+    decoder = None
+    if use_tensor_decode(cfg.data.decode, session.manifest, acc.device.type == "cuda"):
+        # Loader workers only read bytes; the batch is decoded on the device (tensor_decode.py).
+        decoder = TensorDecoder(session.manifest, cfg.data.eval_transform, cfg.data.image_size,
+                                acc.device)
+        transform = raw_bytes
+    else:
+        transform = build_transform(cfg.data.eval_transform, session.manifest, train=False,
+                                    image_size=cfg.data.image_size)
+    dataset = StreamingDataset(cfg.data.root, split, transform, ids=ids, rank=acc.process_index,
+                               world_size=acc.num_processes, verify=cfg.data.verify_shards,
+                               shard_url=cfg.data.shard_url, cache_dir=cfg.data.cache_dir)
+    loader = stream_loader(dataset, batch_size, cfg.data.num_workers,
+                           collate=collate_raw if decoder else None)
+    model = acc.unwrap_model(session.model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch_ids, x, y in loader:
+                if preemption.requested():
+                    break  # the caller agrees on the stop with the other ranks after its loop
+                faults.maybe_slow("inference")
+                x = decoder(x) if decoder else x
+                with acc.autocast():
+                    out = model(session.to_device(x, model))
+                yield batch_ids, y, {name: value.float() for name, value in out.items()}
+    finally:
+        model.train(was_training)
