@@ -54,16 +54,38 @@ def test_bad_labels_files_are_rejected_naming_the_problem(tmp_path, manifest, ro
     ("utf-8-sig", "\r\n", ","),   # Excel's "CSV UTF-8": byte-order mark, CRLF
     ("utf-8-sig", "\r\n", ";"),   # the same in a locale with decimal commas
     ("utf-8", "\r\n", "\t"),      # tab-separated export
+    ("utf-16", "\r\n", "\t"),     # Excel's "Unicode text": UTF-16 LE with a byte-order mark
+    ("utf-16-be", "\n", ","),      # big-endian, its mark written by hand below
 ])
 def test_labels_files_saved_by_spreadsheet_programs(tmp_path, manifest, encoding, newline,
                                                     delimiter):
     p = tmp_path / "l.csv"
     rows = [("id", "label"), (17, 2), (4, manifest.class_names[3]), (9, 0)]
     text = newline.join(delimiter.join(str(c) for c in row) for row in rows) + newline
-    p.write_bytes(text.encode(encoding))
+    bom = "\ufeff".encode(encoding) if encoding == "utf-16-be" else b""  # the others add theirs
+    p.write_bytes(bom + text.encode(encoding))
     if encoding == "utf-8-sig":
         assert p.read_bytes()[:3] == b"\xef\xbb\xbf"
     assert read_labels_file(p, QUERIED, manifest).tolist() == [3, 0, 2]
+
+
+def test_an_unknown_encoding_names_the_encodings_read(tmp_path, manifest):
+    p = tmp_path / "l.csv"
+    p.write_bytes("id,label\n4,\u00e9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not utf-8 text") as e:
+        read_labels_file(p, QUERIED, manifest)
+    assert "UTF-16/32 with a byte-order mark" in str(e.value) and str(p) in str(e.value)
+
+
+def test_rows_with_more_fields_than_the_header_are_rejected(tmp_path, manifest):
+    p = tmp_path / "l.csv"
+    p.write_text("id,label\n4,1\n9,1,3\n17,1,\n")  # a trailing empty cell is only a delimiter
+    with pytest.raises(UserError, match=r"line 3: 3 fields under the 2-column header 'id,label': "
+                                        r"extra \['3'\]") as e:
+        read_labels_file(p, QUERIED, manifest)
+    assert "line 4" not in str(e.value)
+    p.write_text("id,label,note\n4,1,sure\n9,1\n17,1,maybe\n")  # a named column is ignored
+    assert read_labels_file(p, QUERIED, manifest).tolist() == [1, 1, 1]
 
 
 def test_header_is_required(tmp_path, manifest):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from pathlib import Path
@@ -42,6 +43,29 @@ def export_queries(run_dir: Path, cycle: int, manifest: Manifest, ids: np.ndarra
     return atomic_write_text(queries_path(run_dir, cycle), buf.getvalue())
 
 
+# Byte-order marks, longest first (UTF-32's LE mark begins with UTF-16's). Spreadsheet programs
+# write UTF-8 with a BOM ("CSV UTF-8") or UTF-16 with one ("Unicode text").
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"))
+READ_ENCODINGS = "UTF-8 (with or without a byte-order mark), or UTF-16/32 with a byte-order mark"
+
+
+def _label_lines(path: Path) -> list[str]:
+    """The file's lines, decoded by its byte-order mark (UTF-8 without one); splitlines()
+    takes CRLF (and CR) line ends as well as LF."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"labels file '{path}': cannot read it: {e}") from None
+    encoding = next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding).splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"labels file '{path}': not {encoding} text (byte {e.start}); the "
+                        f"encodings read are {READ_ENCODINGS}") from None
+
+
 def read_labels_file(path: Path, queried: np.ndarray, manifest: Manifest) -> np.ndarray:
     """Labels for `queried` (same order) from a CSV with columns id,label; label may be a class
     index or a class name. Raises UserError listing every problem; nothing is changed."""
@@ -50,12 +74,7 @@ def read_labels_file(path: Path, queried: np.ndarray, manifest: Manifest) -> np.
     queried_set = set(queried.tolist())
     problems: list[str] = []
     found: dict[int, int] = {}
-    try:
-        # utf-8-sig drops the byte-order mark spreadsheet programs write; splitlines() takes
-        # CRLF (and CR) line ends as well as LF.
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"labels file '{path}': cannot read it: {e}") from None
+    lines = _label_lines(path)
     header = lines[0] if lines else ""
     # Spreadsheets in some locales separate columns with ';' (or export tabs).
     delimiter = next((d for d in (",", ";", "\t") if d in header), ",")
@@ -68,6 +87,11 @@ def read_labels_file(path: Path, queried: np.ndarray, manifest: Manifest) -> np.
             continue
         if len(row) < 2:
             problems.append(f"line {line_no}: expected 'id,label', got {','.join(row)!r}")
+            continue
+        extra = [c for c in row[len(rows[0]):] if c.strip()]
+        if extra:
+            problems.append(f"line {line_no}: {len(row)} fields under the {len(rows[0])}-column "
+                            f"header {delimiter.join(rows[0])!r}: extra {extra!r}")
             continue
         raw_id, raw_label = row[0].strip(), row[1].strip()
         try:
