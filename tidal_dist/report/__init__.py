@@ -7,6 +7,7 @@
     datamaps.py     confidence / variability / correctness per labeled sample
     cartography.py  per-epoch TD in Dataset Cartography's JSONL format
     document.py     OUT/report.md (one page embedding the figures) and OUT/report.json
+    output.py       --out checked, the report built in a hidden sibling folder and moved in whole
 
 Each protocol (see collect.py) gets a folder OUT/<dataset>/ with its figures and tables.
 """
@@ -21,6 +22,7 @@ from tidal_dist.job.errors import UserError
 def report_main(paths: list[str], out: str | Path, cartography_max_classes: int = 100) -> int:
     from tidal_dist.report.collect import collect, group
     from tidal_dist.report.document import build_protocol, write_document
+    from tidal_dist.report.output import staging_folder, write_staged
 
     runs, notes = collect(paths)
     if not runs:
@@ -28,9 +30,13 @@ def report_main(paths: list[str], out: str | Path, cartography_max_classes: int 
     protocols, group_notes = group(runs)
     notes += group_notes
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sections = [build_protocol(p, out, cartography_max_classes) for p in protocols]
-    report = write_document(out, paths, runs, sections, notes)
+
+    def build(folder: Path):
+        sections = [build_protocol(p, folder, cartography_max_classes) for p in protocols]
+        return sections, write_document(folder, paths, runs, sections, notes)
+
+    staging = staging_folder(out)
+    sections, report = write_staged(out, build)
     for note in report["notes"]:
         print(f"tidal-dist report: note: {note}", flush=True)
     used = sum(len(s.runs) for p in protocols for s in p.series)
@@ -38,6 +44,7 @@ def report_main(paths: list[str], out: str | Path, cartography_max_classes: int 
     for section in sections:
         figure = section.figures.get("accuracy")
         if figure:
+            figure = out / Path(figure).relative_to(staging)
             print(f"tidal-dist report: comparison plot ({section.protocol.slug}): {figure}",
                   flush=True)
     return 0

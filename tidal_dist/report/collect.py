@@ -143,7 +143,27 @@ def load_run(path: Path, notes: list[str]) -> Run | None:
     if not cycles:
         notes.append(f"{path}: no committed cycle yet, left out")
         return None
+    unfinished = unfinished_note(path, len(cycles), config)
+    if unfinished:
+        notes.append(unfinished)
     return Run(path=path, config=config, cycles=cycles)
+
+
+def unfinished_note(path: Path, committed: int, config: dict[str, Any]) -> str | None:
+    """What to say of a run whose recorded outcome is not "done" (running, waiting for labels,
+    preempted, failed, killed): its curves stop at its last committed cycle. A run folder with no
+    outcome.json (written by hand, or by a version that did not record one) is taken as it is."""
+    from tidal_dist.job import outcome
+
+    if not outcome.record_path(path).is_file():
+        return None
+    record = outcome.read(path)
+    status = "unreadable outcome.json" if record is None else record.status
+    if status == "done":
+        return None
+    planned = config.get("al.cycles")
+    return (f"{path}: unfinished ({status}): {committed} of {planned} cycle(s) committed; "
+            f"its results stop at cycle {committed - 1}")
 
 
 def collect(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
