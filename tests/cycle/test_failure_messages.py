@@ -67,8 +67,9 @@ def test_a_disk_that_fills_during_the_run(synthetic_dataset, tiny_tmpfs):
     assert digest(run_dir / "cycles" / "cycle_0000") == committed
 
 
-def prepare(out, spec="synthetic:400,5,32x32,3"):
-    return run_module(["prepare", "--source", spec, "--out", str(out), "--shard-size", "50"])
+def prepare(out, spec="synthetic:400,5,32x32,3", shard_size=50):
+    return run_module(["prepare", "--source", spec, "--out", str(out), "--shard-size",
+                       str(shard_size)])
 
 
 def test_prepare_out_full_read_only_or_impossible(tiny_tmpfs, tmp_path):
@@ -78,6 +79,12 @@ def test_prepare_out_full_read_only_or_impossible(tiny_tmpfs, tmp_path):
     assert f"--out '{small / 'shards'}': cannot write" in proc.stderr
     assert "No space left on device" in proc.stderr and no_traceback_of_ours(proc.stderr)
     assert list(small.iterdir()) == []  # the partial output was removed
+    # a disk that fills inside a shard: the tar stream is abandoned, not flushed again at exit
+    mid = tiny_tmpfs("1m")
+    proc = prepare(mid / "shards", "synthetic:2000,5,32x32,3", shard_size=700)
+    assert proc.returncode == 2, tail(proc)
+    assert "No space left on device" in proc.stderr and no_traceback_of_ours(proc.stderr)
+    assert "Exception ignored" not in proc.stderr and list(mid.iterdir()) == []
     frozen = tiny_tmpfs("1m", read_only=True)
     proc = prepare(frozen / "shards")
     assert proc.returncode == 2 and "is on a read-only filesystem" in proc.stderr

@@ -11,6 +11,7 @@ preparing a finished output again with another base_url only rewrites its manife
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -45,8 +46,11 @@ class _HashingFile:
         self.file: IO[bytes] = open(path, "wb")
         self.sha256 = hashlib.sha256()
         self.bytes = 0
+        self.discarding = False
 
     def write(self, data: bytes) -> int:
+        if self.discarding:
+            return len(data)
         self.sha256.update(data)
         self.bytes += len(data)
         return self.file.write(data)
@@ -72,6 +76,14 @@ class _ShardSink:
         self.tar.write({"__key__": sample_key(sample_id), "cls": str(label).encode(), ext: data})
         self.count += 1
 
+    def abandon(self) -> None:
+        """Close after a failed write (a full disk) without writing more: an unclosed tar
+        stream would try to flush its buffer when collected, and print a second, ignored error."""
+        self.file.discarding = True
+        with contextlib.suppress(OSError):  # the buffered file's own flush fails the same way
+            self.tar.close()
+            self.file.file.close()
+
     def close(self) -> ShardInfo:
         self.tar.close()
         self.file.close()
@@ -87,17 +99,24 @@ def _write_split(source: Source, split: str, folder: Path, first_id: int, shard_
     sink: _ShardSink | None = None
     bar = progress_output(total=source.split_length(split), desc=f"prepare {split}", unit="img",
                           enabled=progress)
-    with bar:
-        for label, data, ext in source.samples(split):
-            if sink is None or sink.count == shard_size:
-                if sink is not None:
-                    shards.append(sink.close())
-                sink = _ShardSink(folder / f"{split}-{len(shards):06d}.tar", first_id + len(labels))
-            sink.write(first_id + len(labels), label, data, ext)
-            labels.append(label)
-            bar.update(1)
-    if sink is not None:
-        shards.append(sink.close())
+    try:
+        with bar:
+            for label, data, ext in source.samples(split):
+                if sink is None or sink.count == shard_size:
+                    if sink is not None:
+                        shards.append(sink.close())
+                    sink = _ShardSink(folder / f"{split}-{len(shards):06d}.tar",
+                                      first_id + len(labels))
+                sink.write(first_id + len(labels), label, data, ext)
+                labels.append(label)
+                bar.update(1)
+        if sink is not None:
+            shards.append(sink.close())
+            sink = None
+    except BaseException:
+        if sink is not None:
+            sink.abandon()
+        raise
 
     label_array = np.asarray(labels, dtype=np.int64)
     buffer = io.BytesIO()
