@@ -40,6 +40,8 @@ def test_print_lists_one_command_per_run_and_writes_nothing(protocol, tmp_path):
     (["--strategies", "random", "--seeds", "0,x"], "--seeds: 'x' is not an integer"),
     (["--strategies", "random,random"], "names an entry twice"),
     (["--strategies", "random", "train.epochz=3"], "unknown config key 'train.epochz'"),
+    (["--strategies", "random", "--jobs", "0"], "--jobs 0: expected 1 or more runs at once"),
+    (["--strategies", "random", "--jobs", "-1"], "--jobs -1: expected 1 or more runs at once"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(protocol, tmp_path, args, message):
     out = tmp_path / "sw"

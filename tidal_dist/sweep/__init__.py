@@ -16,6 +16,8 @@ from tidal_dist.job.errors import UserError
 def sweep_main(args: argparse.Namespace) -> int:
     from tidal_dist.sweep import execute, plan, slurm
 
+    if args.jobs < 1:  # before sweep.json is written
+        raise UserError(f"--jobs {args.jobs}: expected 1 or more runs at once")
     if args.task is not None:
         given = [f for f, v in (("--config", args.config), ("--strategies", args.strategies),
                                 ("--seeds", args.seeds), ("KEY=VALUE", args.overrides)) if v]
@@ -49,8 +51,6 @@ def sweep_main(args: argparse.Namespace) -> int:
                       f" array job script {path}\n{line}", flush=True)
             return 0
         indices = list(range(len(sweep.runs)))
-    if args.jobs < 1:
-        raise UserError(f"--jobs {args.jobs}: expected 1 or more runs at once")
     try:
         return execute.execute(sweep, indices, launcher, args.jobs)
     finally:
