@@ -82,6 +82,24 @@ def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("content, expected", [
+    (None, "config file '{path}' is a folder: give a YAML file"),
+    ("", "config file '{path}' is empty (no settings)"),
+    ("# every key commented out\n# train:\n#   epochs: 3\n", "config file '{path}' is empty"),
+])
+def test_a_folder_or_an_empty_config_is_refused(tmp_path, capsys, content, expected):
+    from tidal_dist.cli import main
+
+    path = tmp_path / "configs"
+    if content is None:
+        path.mkdir()
+    else:
+        path = write(tmp_path, content, "empty.yaml")
+    rc = main(["run", "--config", str(path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and expected.format(path=path) in err and "Traceback" not in err
+
+
 def test_resolved_config_roundtrip_and_diff():
     a = load_config(None, ["train.epochs=5"])
     b = load_config(None, ["train.epochs=6", "data.num_workers=7"])

@@ -314,12 +314,20 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     cfg = Config()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"config file '{path}' is a folder: give a YAML file (see configs/)")
         if not path.is_file():
             raise UserError(f"config file '{path}' does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise UserError(f"config file '{path}': not valid YAML: {e}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"config file '{path}': cannot read it: {e}") from None
+        if data is None:  # an empty file is a mistake, not a request for every default
+            raise UserError(f"config file '{path}' is empty (no settings): give a config from "
+                            f"configs/, or leave out --config to run on the defaults and "
+                            f"KEY=VALUE overrides")
         apply_dict(cfg, data, f"config file '{path}'")
     for text in overrides:
         key, value = parse_override(text)
