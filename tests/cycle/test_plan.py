@@ -138,6 +138,18 @@ def test_a_refused_run_leaves_nothing_that_refuses_the_corrected_one(synthetic_d
     assert good.returncode == 0, tail(good)
 
 
+def test_a_budget_above_the_subset_is_noted_by_the_plan_and_the_run(synthetic_dataset, tmp_path,
+                                                                    capsys):
+    args = tiny(synthetic_dataset, tmp_path / "run", "al.budget=30")
+    note = ("al.budget=30 is more than the al.subset_size=24 candidates drawn each cycle: each "
+            "cycle queries all 24 of them")
+    rc, out, _ = dry_run(capsys, None, *args[1:])
+    assert rc == 0 and f"note: {note}" in out
+    proc = run_module(args)
+    assert proc.returncode == 0, tail(proc)
+    assert f"tidal-dist run: note: {note}" in proc.stdout
+
+
 def test_mixed_image_sizes_need_data_image_size(write_image_folder, tmp_path, capsys):
     raw = write_image_folder(tmp_path / "raw", {"train": {"a": 6, "b": 6}, "val": {"a": 2, "b": 2}})
     root = tmp_path / "shards"

@@ -93,13 +93,15 @@ def run_command(cfg: Config, command: str, body: Callable[[], int]) -> int:
         # `train` runs cycle 0 only: plan (and reserve disk for) that one cycle.
         plan_cfg = replace(cfg, al=replace(cfg.al, cycles=1)) if command == "train" else cfg
         try:
-            make_plan(plan_cfg, distributed.world_size())
+            plan = make_plan(plan_cfg, distributed.world_size())
         except UserError as e:
             if rec.bound and not holds_results(run_dir):
                 raise UserError(f"{e}\n(the run dir '{run_dir}' was set up with this config by an "
                                 f"earlier attempt and holds no results: fix the setting, then "
                                 f"delete '{run_dir / RUN_CONFIG_NAME}' to start over)") from None
             raise
+        for warning in plan.warnings:  # what --dry-run would have noted
+            _say(command, f"note: {warning}")
         code = body()
         status = "done" if code == 0 else "failed"
         code = rec.finish(status, "" if code == 0 else f"exit code {code}")

@@ -361,6 +361,11 @@ def make_plan(cfg: Config, world_size: int, check_disk: bool = True) -> Plan:
             f"{cfg.al.cycles}")
     if cfg.al.budget == 0:
         warnings.append("al.budget=0: every cycle trains on the same labeled set")
+    if cfg.al.subset_size != "all" and cfg.al.budget > int(cfg.al.subset_size):
+        warnings.append(f"al.budget={cfg.al.budget} is more than the al.subset_size="
+                        f"{cfg.al.subset_size} candidates drawn each cycle: each cycle queries "
+                        f"all {cfg.al.subset_size} of them (the whole subset, chosen by no "
+                        f"strategy); raise al.subset_size to at least al.budget")
     params, state_bytes = model_size(cfg, strategy, world_size, manifest.num_classes, shape[0])
     disk = disk_plan(cfg, cycles, world_size, manifest.num_classes, params, state_bytes)
     run_dir = Path(cfg.run.dir)
