@@ -1,8 +1,10 @@
 """How `tidal-dist run` and `train` start and end, on every rank.
 
     start:  stop signals handled (preemption.install) -> is the run dir this run's (config.yaml
-            absent or equal)? -> the config checked against the dataset and the disk (plan.py),
-            before anything is written -> the command itself (loop.run_main / loop.train_main),
+            absent or equal)? -> rank 0 locks it (job/rundir_lock.py; another live launch there:
+            exit 2 naming it) -> the config checked against the dataset and the disk (plan.py),
+            before anything is written (a new run dir is locked after this check) -> the
+            command itself (loop.run_main / loop.train_main),
             which writes config.yaml and calls outcome.running()
     end:    how the command ended becomes the recorded outcome (outcome.py) and the exit code:
 
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from tidal_dist.config import RUN_CONFIG_NAME, Config, bind_run_dir, holds_results
 from tidal_dist.cycle.oracle import LabelsPending
-from tidal_dist.job import distributed, outcome, preemption
+from tidal_dist.job import distributed, outcome, preemption, rundir_lock
 from tidal_dist.job.errors import UserError
 
 # Errors of the output location, not of the program: reported as bad input (exit 2).
@@ -86,10 +88,15 @@ def run_command(cfg: Config, command: str, body: Callable[[], int]) -> int:
     rec = outcome.Recorder(run_dir, command)
     outcome.set_current(rec)
     clean = False
+    lock: rundir_lock.RunDirLock | None = None
     try:
         if (run_dir / RUN_CONFIG_NAME).exists():
             bind_run_dir(cfg, write=False)  # another config's run dir: refused, nothing recorded
-            rec.bind()
+            if distributed.rank() == 0:
+                # before anything is recorded: a second launch must not touch a live run's record
+                lock = rundir_lock.acquire(run_dir, command)
+                rec.bind()
+            # other ranks record from outcome.running() on, once rank 0 has passed this point
         # `train` runs cycle 0 only: plan (and reserve disk for) that one cycle.
         plan_cfg = replace(cfg, al=replace(cfg.al, cycles=1)) if command == "train" else cfg
         try:
@@ -100,6 +107,8 @@ def run_command(cfg: Config, command: str, body: Callable[[], int]) -> int:
                                 f"earlier attempt and holds no results: fix the setting, then "
                                 f"delete '{run_dir / RUN_CONFIG_NAME}' to start over)") from None
             raise
+        if lock is None and distributed.rank() == 0:
+            lock = rundir_lock.acquire(run_dir, command)  # a new run dir: checked, now created
         for warning in plan.warnings:  # what --dry-run would have noted
             _say(command, f"note: {warning}")
         code = body()
@@ -136,7 +145,11 @@ def run_command(cfg: Config, command: str, body: Callable[[], int]) -> int:
         raise
     finally:
         outcome.set_current(None)
+        if lock is not None and not clean:
+            lock.release()
     if clean:
         _final_barrier()
+    if lock is not None:
+        lock.release()  # after the barrier: every rank is done with the run dir
     preemption.disarm(code)
     return code
