@@ -153,3 +153,47 @@ def test_status_finds_the_run_dir_from_a_config(tmp_path):
     cfg.write_text(json.dumps({"run": {"dir": str(tmp_path / "other")}}))
     proc = run_module(["status", "--config", str(cfg), f"run.dir={run_dir}"])
     assert proc.returncode == 0 and "done" in proc.stdout
+
+
+def test_a_truncated_record_is_reported_unreadable(tmp_path):
+    record(tmp_path, "done", at=time.time())
+    (tmp_path / "config.yaml").write_text("{}")
+    whole = (tmp_path / "outcome.json").read_text()
+    (tmp_path / "outcome.json").write_text(whole[: len(whole) // 2])
+    rc, text = status_of(tmp_path)
+    assert rc == 4 and "outcome.json' is unreadable (truncated or damaged" in text
+    assert "recorded no outcome yet" not in text
+
+
+def test_status_right_after_kill_9_of_an_unreaped_process(tmp_path):
+    """The killed process is a zombie until its launcher reaps it: it has ended, though a
+    signal-0 check of its pid still succeeds."""
+    import socket
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        record(tmp_path, "running", host=socket.gethostname(), pid=child.pid)
+        os.kill(child.pid, 9)
+        deadline = time.time() + 30
+        while open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        rc, text = status_of(tmp_path)
+        assert rc == 4 and "stopped without recording an outcome" in text, text
+    finally:
+        child.wait()
+
+
+def test_the_rank_killed_is_named_not_the_survivors_gloo_error(synthetic_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["run", f"data.root={synthetic_dataset}", "data.num_workers=0",
+            "model.backbone=small_cnn", "model.width=4", "train.epochs=3", "train.batch_size=16",
+            "al.initial=40", "al.budget=10", "al.cycles=1", "al.subset_size=40",
+            f"run.dir={run_dir}"]
+    proc = subprocess.run(launcher_cmd("torchrun", 2, ["-m", "tidal_dist", *args]), cwd=REPO,
+                          env=cpu_env({"TIDAL_DIST_CRASH_AT": "epoch:1:0@rank1"}),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, tail(proc)
+    rc, text = status_of(run_dir)
+    assert rc in (1, 75), text
+    assert re.search(r"rank 1 \(pid \d+ on [^)]+\) died without recording an outcome", text), text

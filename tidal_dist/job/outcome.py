@@ -19,6 +19,13 @@ never learn why: it typically sees only a broken collective, or a SIGTERM from t
 replaces a "running", "preempted" or "failed" record, so the message names the real cause. Ranks
 compare wall-clock times, which assumes the nodes' clocks agree to within a few seconds (NTP).
 
+A rank killed outright (kill -9, the OOM killer) records nothing, and its peers see only a
+broken connection. So every rank also writes `process.rank{R}.json` (host, pid) when the run
+starts, and a failure (or a stop after one) names the ranks of this host whose process has died,
+zombies included; ranks on other hosts cannot be checked, and the message says the cause is
+unknown. `status` of a "running" record asks the run dir's lock (job/rundir_lock.py) whether a
+launch still holds it, and falls back on the pid only where the filesystem has no locks.
+
 Nothing is recorded while the run directory is not this run's: a config refused before anything
 was written (the dry-run checks) or a run directory made with another config.
 """
@@ -31,11 +38,11 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tidal_dist.job import distributed, preemption
+from tidal_dist.job import distributed, preemption, rundir_lock
 from tidal_dist.job.errors import UserError
 from tidal_dist.job.fsutil import atomic_write_json
 
@@ -45,6 +52,7 @@ EXIT_NOT_FINISHED = EXIT_CODES["not_finished"]
 RECORD_NAME = "outcome.json"
 # Statuses a later failure of another rank explains better (its message is the cause).
 SUPERSEDED_BY_RANK_FAILURE = frozenset({"running", "preempted", "failed"})
+PRESENCE_SKEW_S = 120.0  # ranks of one attempt start within this of each other
 
 
 @dataclass
@@ -71,6 +79,70 @@ class Outcome:
                        world_size=distributed.world_size(), command=command,
                        launcher=distributed.launcher_name(), host=socket.gethostname(),
                        pid=os.getpid(), rank=rank)
+
+
+def presence_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / f"process.rank{rank}.json"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` (on this host) still runs: a zombie (killed, not yet reaped by its
+    launcher) has ended; os.kill(pid, 0) alone says it runs, the race `status` lost after
+    kill -9."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_ranks_note(run_dir: Path, since: float, me: int, wait_s: float = 3.0) -> str:
+    """_dead_ranks_note, asked again for up to wait_s while no rank is found dead: a peer's
+    broken connection is seen while the killed peer is still tearing down (its sockets close
+    before it becomes a zombie)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        note, local_peers = _dead_ranks_note(run_dir, since, me)
+        if "died" in note or not local_peers or time.monotonic() >= deadline:
+            return note
+        time.sleep(0.1)
+
+
+def _dead_ranks_note(run_dir: Path, since: float, me: int) -> tuple[str, int]:
+    """Which ranks of this attempt have died without recording why, from their presence files
+    (process.rank{R}.json: host, pid): a rank on this host is checked by its pid; ranks on other
+    hosts cannot be, and the note says so. Empty when every rank checked is alive."""
+    dead, elsewhere, local = [], [], 0
+    host = socket.gethostname()
+    for path in sorted(run_dir.glob("process.rank*.json")):
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            rank, pid, on, started = int(info["rank"]), int(info["pid"]), info["host"], \
+                float(info["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if rank == me or started < since - PRESENCE_SKEW_S:
+            continue  # this process, or a rank of an earlier attempt
+        if on != host:
+            elsewhere.append(rank)
+            continue
+        local += 1
+        if not process_alive(pid):
+            dead.append(f"rank {rank} (pid {pid} on {on})")
+    if dead:
+        return (f"{', '.join(dead)} died without recording an outcome (killed: kill -9, out of "
+                f"memory?)", local)
+    if elsewhere:
+        return (f"which rank stopped first is unknown (ranks {sorted(elsewhere)} ran on other "
+                f"hosts)", local)
+    return "", local
 
 
 def record_path(run_dir: Path, rank: int = 0) -> Path:
@@ -132,7 +204,16 @@ class Recorder:
         self.bound = True
 
     def running(self) -> None:
-        if self.bound and self.rank == 0:
+        if not self.bound:
+            return
+        # every rank says where it runs, so a failure can name a rank that was killed
+        try:
+            atomic_write_json(presence_path(self.run_dir, self.rank), {
+                "rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
+                "started": self.started})
+        except OSError:
+            pass  # only a better message is lost
+        if self.rank == 0:
             self._write(Outcome.make("running", f"{self.command} in progress", self.command,
                                      self.started))
 
@@ -146,6 +227,9 @@ class Recorder:
             if self.finished:
                 return EXIT_CODES[status]
             self.finished = True
+            if status in ("failed", "preempted") and self.bound:
+                died = dead_ranks_note(self.run_dir, self.started, self.rank)
+                message = f"{died}; then here: {message}" if died else message
             message = "; ".join([*self.notes, message] if message else self.notes)
             record = Outcome.make(status, message, self.command, self.started, self.rank)
             if self.bound:
@@ -189,9 +273,29 @@ def note(text: str) -> None:
         _current.note(text)
 
 
+def unreadable(run_dir: Path) -> str | None:
+    """Why RUN_DIR/outcome.json exists but holds no record (truncated, damaged), or None."""
+    path = record_path(run_dir)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"'{path}' is unreadable (truncated or damaged: {e})"
+    required = [f.name for f in fields(Outcome) if f.default is MISSING]
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        return f"'{path}' is not an outcome record (no {', '.join(missing)})"
+    return None
+
+
 def describe(run_dir: Path, record: Outcome | None) -> tuple[str, int]:
     """(text for `tidal-dist status`, exit code)."""
     if record is None:
+        damaged = unreadable(run_dir)
+        if damaged:
+            return (f"{run_dir}: not_finished (exit {EXIT_NOT_FINISHED}): the outcome is unknown: "
+                    f"{damaged}", EXIT_NOT_FINISHED)
         if not (run_dir / "config.yaml").exists():
             return (f"{run_dir}: not_finished (exit {EXIT_NOT_FINISHED}): no run was ever started "
                     f"here", EXIT_NOT_FINISHED)
@@ -199,7 +303,8 @@ def describe(run_dir: Path, record: Outcome | None) -> tuple[str, int]:
                 f"recorded no outcome yet", EXIT_NOT_FINISHED)
     when = f"{record.time}, {record.command}, {record.world_size} process(es) via {record.launcher}"
     if record.status == "running":
-        alive = _alive(record)
+        held = rundir_lock.probe(run_dir)  # the kernel's answer, where the filesystem gives one
+        alive = _alive(record) if held is None else held
         state = ("still running" if alive else
                  "stopped without recording an outcome (killed: kill -9, out of memory, lost node?)"
                  if alive is False else "running, or stopped without recording an outcome")
@@ -213,13 +318,7 @@ def _alive(record: Outcome) -> bool | None:
     """Whether the recording process still runs; None when it ran on another host."""
     if record.host != socket.gethostname():
         return None
-    try:
-        os.kill(record.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(record.pid)
 
 
 def status_main(run_dir: str | os.PathLike) -> int:
