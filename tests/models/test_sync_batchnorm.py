@@ -1,11 +1,14 @@
-"""train.sync_batchnorm: BatchNorm statistics over the global batch (CPU and GPU), and with it the
-same TD records, accuracy and selections for 1, 2 and 3 processes."""
+"""train.sync_batchnorm: BatchNorm statistics over the global batch (CPU and GPU), and with it,
+for one cycle started from the same state, the same TD records, accuracy and selections for 1, 2
+and 3 processes (not across cycles: see the note above the end-to-end tests)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from tests.mp import tail, torchrun
@@ -74,36 +77,51 @@ def test_three_ranks_equal_one_batchnorm_over_the_whole_batch(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# End to end: `tidal-dist run`, 2 cycles. The global batch (12) divides by 1, 2 and 3, and the
-# labeled sets (36, then 48) are multiples of it, so no step has padding rows.
+# End to end: `tidal-dist run`. The global batch (12) divides by 1, 2 and 3, and the labeled sets
+# (36, then 48) are multiples of it, so no step has padding rows.
+#
+# What holds, and what these tests check (no more): ONE CYCLE started from the same state (the
+# same initial weights, or the same committed previous cycle) gives, with 1, 2 or 3 processes, the
+# same TD records, accuracy and selection within float tolerance. Across cycles it does not hold
+# id for id: each cycle's all-reduces sum in a world-size-dependent order, so the committed
+# weights differ in the last bits (measured 4.3e-5 after 6 epochs), the next cycle warm-starts from
+# them and training amplifies the difference (1 vs 3 processes from scratch, 3 cycles: 48/48,
+# 45/48, 34/48 queried ids shared). Continuing one committed cycle with 1 and with 3 processes
+# agrees (test_one_cycle_from_the_same_committed_cycle_...), so the sampler split, the TD module,
+# the augmentation seeds and the LR schedule are not what differs; the rounding is.
 
-CYCLES = 2
 
-
-def run_args(root, run_dir, sync, workers):
+def run_args(root, run_dir, sync, workers, cycles=1):
     settings = {"data.root": root, "data.num_workers": workers, "model.backbone": "small_cnn",
                 "model.width": 4, "train.epochs": 2, "train.batch_size": 12, "train.lr": 0.05,
                 "train.sync_batchnorm": sync, "train.checkpoint_every": 0, "al.initial": 36,
-                "al.budget": 12, "al.cycles": CYCLES, "al.subset_size": 60,
+                "al.budget": 12, "al.cycles": cycles, "al.subset_size": 60,
                 "al.score_batch_size": 16, "run.dir": run_dir, "run.seed": 7,
                 "run.deterministic": True}
     return ["-m", "tidal_dist", "run", *[f"{k}={v}" for k, v in settings.items()]]
 
 
-def outputs(run_dir):
-    out = []
-    for k in range(CYCLES):
-        d = run_dir / "cycles" / f"cycle_{k:04d}"
-        q = np.load(d / "queried.npz")
-        out.append({"sum": np.load(d / "td" / "sum.npy"), "count": np.load(d / "td" / "count.npy"),
-                    "queried": q["ids"], "uncertainty": q["uncertainty"],
-                    "accuracy": json.loads((d / "metrics.json").read_text())["accuracy"],
-                    "world": json.loads((d / "metrics.json").read_text())["world_size"]})
-    return out
+def outputs(run_dir, k):
+    d = run_dir / "cycles" / f"cycle_{k:04d}"
+    q = np.load(d / "queried.npz")
+    metrics = json.loads((d / "metrics.json").read_text())
+    return {"sum": np.load(d / "td" / "sum.npy"), "count": np.load(d / "td" / "count.npy"),
+            "queried": q["ids"], "uncertainty": q["uncertainty"],
+            "accuracy": metrics["accuracy"], "world": metrics["world_size"]}
+
+
+def assert_same_cycle(a, b, what):
+    np.testing.assert_array_equal(a["count"], b["count"])
+    np.testing.assert_allclose(a["sum"], b["sum"], rtol=1e-4, atol=1e-5, err_msg=f"{what}: TD sums")
+    assert a["accuracy"] == b["accuracy"], what
+    np.testing.assert_array_equal(a["queried"], b["queried"], err_msg=what)
+    np.testing.assert_allclose(a["uncertainty"], b["uncertainty"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def runs(synthetic_dataset, tmp_path_factory):
+    """Cycle 0 from scratch on 1, 2, 3 processes (and 3 without sync_batchnorm); then the 3-process
+    run's committed cycle 0 copied twice and cycle 1 run on 1 and on 3 processes."""
     done = {}
     for key, world, workers in (("sync1", 1, 0), ("sync2", 2, 1), ("sync3", 3, 2),
                                 ("plain3", 3, 1)):
@@ -111,24 +129,35 @@ def runs(synthetic_dataset, tmp_path_factory):
         proc = torchrun(world, run_args(synthetic_dataset, run_dir, key.startswith("sync"), workers),
                         timeout=400)
         assert proc.returncode == 0, tail(proc)
-        done[key] = outputs(run_dir)
-    return done
+        done[key] = (run_dir, outputs(run_dir, 0))
+    for key, world in (("next1", 1), ("next3", 3)):
+        run_dir = tmp_path_factory.mktemp(key) / "run"
+        shutil.copytree(done["sync3"][0], run_dir)
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved["run"]["dir"] = str(run_dir)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+        proc = torchrun(world, run_args(synthetic_dataset, run_dir, True, 0, cycles=2),
+                        timeout=400)
+        assert proc.returncode == 0, tail(proc)
+        done[key] = (run_dir, outputs(run_dir, 1))
+    return {key: out for key, (_, out) in done.items()}
 
 
-def test_sync_batchnorm_gives_the_same_run_for_1_2_3_processes(runs):
-    base = runs["sync1"]
+@pytest.mark.timeout(900)  # the first one sets up six real launches
+def test_sync_batchnorm_gives_the_same_cycle_for_1_2_3_processes(runs):
     for key in ("sync2", "sync3"):
-        for k, (a, b) in enumerate(zip(runs[key], base)):
-            assert a["world"] == int(key[-1])
-            np.testing.assert_array_equal(a["count"], b["count"])
-            np.testing.assert_allclose(a["sum"], b["sum"], rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{key} cycle {k}: TD sums")
-            assert a["accuracy"] == b["accuracy"], f"{key} cycle {k}"
-            np.testing.assert_array_equal(a["queried"], b["queried"], err_msg=f"{key} cycle {k}")
-            np.testing.assert_allclose(a["uncertainty"], b["uncertainty"], rtol=1e-4, atol=1e-6)
+        assert runs[key]["world"] == int(key[-1])
+        assert_same_cycle(runs[key], runs["sync1"], f"{key} cycle 0")
 
 
+@pytest.mark.timeout(900)  # the first one sets up six real launches
+def test_one_cycle_from_the_same_committed_cycle_is_the_same_for_1_and_3_processes(runs):
+    assert (runs["next1"]["world"], runs["next3"]["world"]) == (1, 3)
+    assert_same_cycle(runs["next1"], runs["next3"], "cycle 1 after the same cycle 0")
+
+
+@pytest.mark.timeout(900)  # the first one sets up six real launches
 def test_without_it_the_world_size_changes_the_td_records(runs):
     """The control: per-rank BatchNorm on 3 processes is a different training."""
-    a, b = runs["plain3"][0], runs["sync1"][0]
+    a, b = runs["plain3"], runs["sync1"]
     assert not np.allclose(a["sum"], b["sum"], rtol=1e-4, atol=1e-5)

@@ -14,9 +14,10 @@ since when) for the refusal message; its content is a note, the flock is what co
                                 `tidal-dist status` asks this rather than racing a pid check
 
 A probe takes a shared lock for an instant; acquire() retries for PROBE_GRACE_S before refusing,
-so a status call never makes a launch fail. DataLoader workers forked by rank 0 inherit the open
-file, so after kill -9 of rank 0 the lock is free once its workers have noticed and exited
-(a few seconds).
+so a status call never makes a launch fail. A flock belongs to the open file, which a fork shares:
+a DataLoader worker still exiting after its rank would hold the lock and refuse the next launch (a
+requeue). So every forked child closes its copy at once (os.register_at_fork); closing, unlike
+LOCK_UN, leaves the parent's lock in place.
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ PROBE_GRACE_S = 2.0
 UNSUPPORTED_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 
 
+_held: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_in_child() -> None:
+    for fd in _held:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 @dataclass
 class RunDirLock:
     path: Path
@@ -47,6 +63,7 @@ class RunDirLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            _held.discard(self.fd)
             os.close(self.fd)  # closing the only descriptor releases the flock
             self.fd = None
 
@@ -103,6 +120,7 @@ def acquire(run_dir: Path, command: str, grace_s: float = PROBE_GRACE_S) -> RunD
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(note) + "\n").encode(), 0)
+    _held.add(fd)
     return RunDirLock(path, fd)
 
 

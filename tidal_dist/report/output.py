@@ -21,14 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from tidal_dist.cycle.lifecycle import FULL_BELOW_BYTES, OUTPUT_ERRNOS
 from tidal_dist.job.errors import UserError
 
 T = TypeVar("T")
 
-# The output location failing, not the program: a clean error naming --out.
-OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                           errno.EFBIG, errno.ENOTDIR, errno.EEXIST})
-FULL_BELOW_BYTES = 1 << 20
+# The output location failing, not the program (a run's list, and a path that turned into a
+# file meanwhile): a clean error naming --out.
+REPORT_OUTPUT_ERRNOS = OUTPUT_ERRNOS | {errno.ENOTDIR, errno.EEXIST}
 
 
 def staging_folder(out: Path) -> Path:
@@ -37,7 +37,7 @@ def staging_folder(out: Path) -> Path:
 
 def _why(exc: BaseException, staging: Path) -> str | None:
     """The output location's problem behind `exc`, or None when it is a bug."""
-    if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in REPORT_OUTPUT_ERRNOS:
         return f"cannot write '{exc.filename or staging}': {os.strerror(exc.errno)}"
     # matplotlib and PIL may wrap the failed write; the free space tells what happened
     try:
