@@ -28,11 +28,12 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
     if use_tensor_decode(cfg.data.decode, session.manifest, acc.device.type == "cuda"):
         # Loader workers only read bytes; the batch is decoded on the device (tensor_decode.py).
         decoder = TensorDecoder(session.manifest, cfg.data.eval_transform, cfg.data.image_size,
-                                acc.device)
+                                acc.device, interpolation=cfg.data.interpolation)
         transform = raw_bytes
     else:
         transform = build_transform(cfg.data.eval_transform, session.manifest, train=False,
-                                    image_size=cfg.data.image_size)
+                                    image_size=cfg.data.image_size,
+                                    interpolation=cfg.data.interpolation)
     dataset = StreamingDataset(cfg.data.root, split, transform, ids=ids, rank=acc.process_index,
                                world_size=acc.num_processes, verify=cfg.data.verify_shards,
                                shard_url=cfg.data.shard_url, cache_dir=cfg.data.cache_dir)
