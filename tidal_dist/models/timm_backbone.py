@@ -178,8 +178,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if "Weights only load failed" in text and "GLOBAL" in text:
             why = ("it pickles Python objects (a whole nn.Module?), which are never unpickled; "
                    "save model.state_dict() instead (torch.save or safetensors)")
-        elif "zip" in text or "EOF" in text or "truncated" in text:
-            why = "it is truncated or damaged"
+        elif head.startswith(b"PK\x03\x04") or "zip" in text or "EOF" in text:
+            why = "it is a torch file, truncated or damaged"
         else:
             why = "it is not a safetensors or torch state_dict file"
         raise UserError(f"model weights file '{path}' cannot be loaded: {why} "
