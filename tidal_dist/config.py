@@ -82,7 +82,8 @@ class TrainConfig:
     lloss_detach_at: float = 0.6  # fraction of train.epochs after which the loss head's features are detached
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = 2
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: bf16 on GPU, fp32 on CPU; bf16: bf16 autocast on either (training/runtime.py)
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     channels_last: bool | None = None  # None: on for GPU, off for CPU
     eval_batch_size: int = 256
     checkpoint_every: int = 10  # epochs between mid-cycle checkpoints (0: only at cycle end)

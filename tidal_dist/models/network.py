@@ -39,6 +39,24 @@ class Network(nn.Module):
         self.td_module = td_module
         self.loss_module = loss_module
         self.num_classes: int = backbone.num_classes
+        self.frozen_backbone = False
+
+    def freeze_backbone(self) -> None:
+        """train.freeze=backbone, a linear probe: the backbone's parameters stop learning (its
+        classifier excepted) and it stays in eval mode, so BatchNorm statistics and dropout
+        match the pretrained network's; the classifier and the heads train as usual."""
+        classifier = {id(p) for p in self.backbone.classifier.parameters()}
+        for p in self.backbone.parameters():
+            p.requires_grad_(id(p) in classifier)
+        self.frozen_backbone = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Network":
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+            self.backbone.classifier.train(mode)
+        return self
 
     def forward(self, x: Tensor, detach_td: bool = False,
                 detach_loss: bool = False) -> dict[str, Tensor]:

@@ -98,6 +98,8 @@ def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
     if model is None:
         model = build_model(cfg.model, manifest.num_classes, in_channels, objective.heads(cfg.train))
     check_outputs(strategy, available_outputs(model), objective.name)
+    if cfg.train.freeze == "backbone":
+        model.freeze_backbone()
     if cfg.train.sync_batchnorm:  # statistics over the global batch: any world size, same result
         from tidal_dist.models.sync_batchnorm import convert_batchnorm
 

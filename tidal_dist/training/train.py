@@ -68,13 +68,11 @@ class CycleResult:
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, object]:
-    """Fresh every cycle (tidal-method.md: optimizers and LR schedules are recreated)."""
-    t = cfg.train
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                          weight_decay=t.weight_decay)
-    milestones = sorted({max(1, round(f * t.epochs)) for f in t.lr_decay_at})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=t.lr_gamma)
-    return opt, sched
+    """Fresh every cycle (tidal-method.md: optimizers and LR schedules are recreated);
+    train.optimizer / schedule / warmup_epochs (training/optim.py)."""
+    from tidal_dist.training.optim import build_optimizer as build
+
+    return build(cfg, model)
 
 
 def epoch_seed(cfg: Config, cycle: int) -> int:
