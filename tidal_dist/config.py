@@ -203,6 +203,10 @@ def _coerce(value: Any, tp: Any) -> Any:
     """Return `value` converted to `tp`, or raise TypeError. Only lossless conversions."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare no / yes as a boolean
+            for word in (("no", "off", "false") if not value else ("yes", "on", "true")):
+                if word in typing.get_args(tp):
+                    return word
         if value in typing.get_args(tp):
             return value
         raise TypeError
