@@ -105,6 +105,9 @@ class TrainConfig:
     # backbone: a linear probe; only the classifier and the TD / loss heads learn, the backbone
     # stays in eval mode (its BatchNorm statistics fixed)
     freeze: Literal["none", "backbone"] = "none"
+    # auto: with train.freeze=backbone, the backbone's outputs computed once per cycle and the
+    # epochs trained on them, without augmentation (training/frozen_features.py); off: images
+    feature_cache: Literal["auto", "off"] = "auto"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from tidal_dist.data.transforms import build_transform
 from tidal_dist.job import faults, preemption
 
 
-def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
+def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None, forward=None,
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """Yield (ids, labels, outputs) for this rank's share of `split` (or of `ids`): outputs is the
     network's dict (logits, embedding, td_logits, loss_pred as it has them), float32 on the
@@ -50,7 +50,8 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
                 faults.maybe_slow("inference")
                 x = decoder(x) if decoder else x
                 with acc.autocast():
-                    out = model(session.to_device(x, model))
+                    x = session.to_device(x, model)
+                    out = model(x) if forward is None else forward(model, x)
                 yield batch_ids, y, {name: value.float() for name, value in out.items()}
     finally:
         model.train(was_training)

@@ -36,6 +36,7 @@ from tidal_dist.data.train_batches import build_batches
 from tidal_dist.dynamics.state import DeviceTD, EpochLayout, NoTD, check_epoch_probs_size
 from tidal_dist.objectives import StepBatch
 from tidal_dist.telemetry import progress
+from tidal_dist.training.frozen_features import FeatureBatches, uses_feature_cache
 from tidal_dist.training.runtime import per_rank_batch
 from tidal_dist.training.session import Session, build_session
 
@@ -122,7 +123,10 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         td = NoTD(session.num_classes, rank)
     if resume is not None:
         td.load(resume / "td")
-    batches = build_batches(session, labeled_ids, batch, announce=acc.is_main_process)
+    if uses_feature_cache(cfg):  # a frozen backbone's outputs, computed once for the cycle
+        batches = FeatureBatches(session, labeled_ids, batch, announce=acc.is_main_process)
+    else:
+        batches = build_batches(session, labeled_ids, batch, announce=acc.is_main_process)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
         skip = start_step if epoch == start_epoch else 0
