@@ -140,6 +140,22 @@ def test_hub_weights_come_only_from_the_local_cache(tmp_path, monkeypatch):
     assert "timm/resnet10t" in text and "pretrained=True" in text and "nothing is downloaded" in text
 
 
+def test_hub_weights_load_from_a_filled_local_cache(saved, tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+
+    cache = tmp_path / "cache"
+    repo = timm.models.get_pretrained_cfg(CNN).hf_hub_id.split("@")[0]
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    (snapshot / "model.safetensors").write_bytes(saved[CNN][0].read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    net = build_model(net_cfg(CNN, "hub"), 7, 3).backbone.net
+    torch.testing.assert_close(net.state_dict()["fc.weight"], saved[CNN][2]["fc.weight"])
+
+
 def test_input_settings_follow_the_weights_unless_set():
     cfg = Config()
     cfg.model = net_cfg("resnet50.a1_in1k", "w.safetensors")
