@@ -101,6 +101,10 @@ def test_wrong_timm_weights_are_refused_by_the_dry_run_and_the_run(make_dataset,
     assert "Traceback" not in proc.stderr and not run_dir.exists()
     rc, out, _ = dry_run(capsys, None, *base, f"model.weights={cnn}", f"run.dir={run_dir}")
     assert rc == 0 and f"note: weights '{cnn}': classifier (fc.weight, fc.bias) replaced" in out
+    rc, _, err = dry_run(capsys, None, *base, "model.backbone=timm:resnet10x",
+                         f"run.dir={run_dir}")
+    assert rc == 2 and "'timm:resnet10x' is not a timm model; closest timm names: " in err
+    assert "resnet10t" in err and "Traceback" not in err
 
 
 def test_the_plan_for_another_world_size(make_dataset, tmp_path, capsys):

@@ -15,6 +15,9 @@ from safetensors.torch import save_file
 from tests.mp import run_module, tail, torchrun
 from tidal_dist.strategies import registry
 
+# several full cycles per test, each its own process: more than the default 300 s on a busy machine
+pytestmark = pytest.mark.timeout(900)
+
 AUTO_OBJECTIVE = {"tidal_entropy": "tidal", "tidal_margin": "tidal", "tidal_cluster": "tidal",
                   "lloss": "lloss"}
 

@@ -14,6 +14,9 @@ import pytest
 
 from tests.mp import run_module, tail
 
+# several full cycles per test, each its own process: more than the default 300 s on a busy machine
+pytestmark = pytest.mark.timeout(900)
+
 EPOCHS = 2
 
 
