@@ -18,6 +18,8 @@ run, or a time with its target; each file records the machine (CPU model, cores,
 | top-k | - | 10M in < 2 s |
 | strategies | TiDAL-H's query, same run (strategies.py) | per-sample <= 1.1x, BALD <= 1.1 x T; Core-set and BADGE selection at 100k candidates (50k centres, k 10k) < 3 min, < 2 GB |
 | train.sync_batchnorm | torch's BatchNorm2d step, same weights (sync_batchnorm.py) | - (the trade-off in docs/launching.md) |
+| TD overhead, timm | plain CE step, timm ResNet-50 and ViT-S at 224 (timm_models.py) | <= 1.05 CPU |
+| frozen-feature path | image path with the same frozen backbone, one 10-epoch cycle (timm_models.py) | >= 10x |
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from benchmarks import (readers, scoring, strategies, sync_batchnorm, td_gather,  # noqa: E402
-                        train_step, training_path)
+                        timm_models, train_step, training_path)
 from benchmarks.common import RESULTS, machine, write  # noqa: E402
 
 FULL = {
@@ -45,6 +47,7 @@ FULL = {
     "readers": [],
     "strategies": [],
     "sync_batchnorm": [],
+    "timm_models": [],
 }
 QUICK = {
     "train_step": ["--backbones", "small_cnn", "--steps", "3", "--batch", "16"],
@@ -55,10 +58,12 @@ QUICK = {
     "readers": ["--source", "synthetic:600,10,8x8,1", "--random-reads", "100"],
     "strategies": ["--n", "400", "--labeled", "200", "--k", "40"],
     "sync_batchnorm": ["--backbones", "small_cnn", "--steps", "2", "--batch", "16"],
+    "timm_models": ["--models", "resnet10t,vit_tiny_patch16_224", "--size", "32", "--batch", "8",
+                    "--steps", "1", "--n", "16", "--epochs", "2", "--image-epochs", "1"],
 }
 
-PER_DEVICE = {"train_step", "sync_batchnorm"}  # their results file is named <name>_<cpu|cuda>
-NO_SCRATCH = {"train_step", "readers", "sync_batchnorm"}  # they take no --work folder
+PER_DEVICE = {"train_step", "sync_batchnorm", "timm_models"}  # their results file is named <name>_<cpu|cuda>
+NO_SCRATCH = {"train_step", "readers", "sync_batchnorm", "timm_models"}  # they take no --work folder
 
 
 def figures(res: dict) -> list[dict]:
@@ -146,6 +151,19 @@ def figures(res: dict) -> list[dict]:
             add(f"train.sync_batchnorm step ({b['backbone']}, {b['device']}, 1 process)", b["ratio"],
                 f"GlobalBatchNorm2d / BatchNorm2d step = {b['ratio']:.3f}; "
                 f"{b['allreduces_per_step_under_ddp']} all-reduces per step under DDP", "-", None)
+    if "timm_models" in res:
+        r = res["timm_models"]
+        for b in r["td_overhead"]:
+            add(f"TD overhead ({b['backbone']}, {b['device']})", b["ratio"],
+                f"TiDAL / CE step = {b['ratio']:.3f} ({b['tidal_step_s'] * 1000:.0f} / "
+                f"{b['plain_step_s'] * 1000:.0f} ms, {b['input']})",
+                f"<= {r['target_td_ratio_max']}", b["ratio"] <= r["target_td_ratio_max"])
+        f = r["frozen_path"]
+        add(f"frozen-feature path vs image path (timm:{f['model']}, {f['epochs']} epochs)",
+            f["cycle_ratio"], f"{f['cycle_ratio']:.2f}x per cycle ({f['epoch_ratio']:.0f}x per "
+            f"epoch after the one pass; ceiling {f['ceiling']:.1f}x)",
+            f">= {r['target_frozen_cycle_ratio_min']:.0f}x",
+            f["cycle_ratio"] >= r["target_frozen_cycle_ratio_min"])
     if "readers" in res:
         r = res["readers"]
         add("random-access reads", r["random_reads_per_s"],
@@ -172,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     modules = {"train_step": train_step, "training_path": training_path, "td_gather": td_gather,
                "scoring": scoring, "readers": readers, "strategies": strategies,
-               "sync_batchnorm": sync_batchnorm}
+               "sync_batchnorm": sync_batchnorm, "timm_models": timm_models}
     results, seconds = {}, {}
     # Benchmarks not run now keep their stored results in the summary (each file has its date).
     device = "cuda" if train_step.torch.cuda.is_available() else "cpu"

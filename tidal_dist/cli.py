@@ -166,10 +166,22 @@ def _dry_run(args: argparse.Namespace, cfg) -> int:
     return dry_run(cfg, args.world_size or world_size())
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace):
+    """The command's config with the input settings a timm backbone's weights imply filled in
+    (cycle/plan.py: resolve_model_inputs), so config.yaml records the values the run uses."""
     from tidal_dist.config import load_config
+    from tidal_dist.cycle.plan import resolve_model_inputs
 
     cfg = load_config(args.config, args.overrides)  # config errors before the heavy imports
+    filled = resolve_model_inputs(cfg)
+    if filled and args.dry_run:
+        values = ", ".join(f"{k}={getattr(cfg.data, k.split('.')[1])}" for k in filled)
+        print(f"from the weights' pretrained config: {values}")
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _run_config(args)
     if args.dry_run:
         return _dry_run(args, cfg)
     from tidal_dist.cycle.lifecycle import run_command
@@ -183,9 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tidal_dist.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
+    cfg = _run_config(args)
     if args.dry_run:
         return _dry_run(args, cfg)
     from tidal_dist.cycle.lifecycle import run_command

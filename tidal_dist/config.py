@@ -39,12 +39,22 @@ class DataConfig:
     # eval/scoring decode: pil in loader workers, or tensor (torchvision.io, batched on the GPU
     # when there is one); auto: tensor on a GPU for image folders (data/tensor_decode.py)
     decode: Literal["auto", "pil", "tensor"] = "auto"
+    # Normalisation and resize filter: None takes the manifest's mean / std and bilinear; a timm
+    # backbone with pretrained weights fills the unset ones (and image_size) from the weights'
+    # pretrained config, and the run's config.yaml records the values used.
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
 
 
 @dataclass
 class ModelConfig:
-    backbone: Literal["small_cnn", "resnet18_cifar", "resnet18", "resnet50"] = "resnet18_cifar"
-    weights: str | None = None  # a local torchvision state_dict file for resnet18/resnet50
+    # A built-in (small_cnn, resnet18_cifar, resnet18, resnet50) or timm:NAME, any timm image
+    # classifier (models/timm_backbone.py)
+    backbone: str = "resnet18_cifar"
+    # Local pretrained weights: a state_dict file (safetensors, or torch.save of a state_dict)
+    # for resnet18 / resnet50 / timm:NAME, or `hub` (timm only: the local Hugging Face cache)
+    weights: str | None = None
     td_hidden: int = 128  # per-stage width of the TD prediction module (tidal-method.md)
     width: int = 16  # small_cnn only: channels of the first stage
 
@@ -72,7 +82,8 @@ class TrainConfig:
     lloss_detach_at: float = 0.6  # fraction of train.epochs after which the loss head's features are detached
     engine: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = 2
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: bf16 on GPU, fp32 on CPU; bf16: bf16 autocast on either (training/runtime.py)
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     channels_last: bool | None = None  # None: on for GPU, off for CPU
     eval_batch_size: int = 256
     checkpoint_every: int = 10  # epochs between mid-cycle checkpoints (0: only at cycle end)
@@ -86,6 +97,17 @@ class TrainConfig:
     # BatchNorm statistics over the global batch (all ranks) instead of each rank's slice: the
     # same seed then gives the same results on any number of processes (docs/launching.md).
     sync_batchnorm: bool = False
+    # Fine-tuning recipes (training/optim.py): sgd + step is the paper's protocol; adamw + cosine
+    # (after train.warmup_epochs of linear warm-up) is the usual one for pretrained models.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    schedule: Literal["step", "cosine"] = "step"
+    warmup_epochs: int = 0
+    # backbone: a linear probe; only the classifier and the TD / loss heads learn, the backbone
+    # stays in eval mode (its BatchNorm statistics fixed)
+    freeze: Literal["none", "backbone"] = "none"
+    # auto: with train.freeze=backbone, the backbone's outputs computed once per cycle and the
+    # epochs trained on them, without augmentation (training/frozen_features.py); off: images
+    feature_cache: Literal["auto", "off"] = "auto"
 
 
 @dataclass
@@ -184,6 +206,10 @@ def _coerce(value: Any, tp: Any) -> Any:
     """Return `value` converted to `tp`, or raise TypeError. Only lossless conversions."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare no / yes as a boolean
+            for word in (("no", "off", "false") if not value else ("yes", "on", "true")):
+                if word in typing.get_args(tp):
+                    return word
         if value in typing.get_args(tp):
             return value
         raise TypeError
@@ -292,6 +318,16 @@ def validate(cfg: Config) -> None:
     need(cfg.data.cache_dir is None or cfg.data.cache_dir.strip() != "", "data.cache_dir",
          "a folder, or null for the default")
     need(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
+    need(0 <= cfg.train.warmup_epochs < cfg.train.epochs, "train.warmup_epochs",
+         f"must be >= 0 and below train.epochs ({cfg.train.epochs})")
+    for key, values in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
+        need(values is None or len(values) in (1, 3), key, "a list of 1 or 3 numbers (per channel)")
+    need(cfg.data.std is None or all(v > 0 for v in cfg.data.std), "data.std", "must be > 0")
+    builtin = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
+    backbone = cfg.model.backbone
+    if backbone not in builtin and not (backbone.startswith("timm:") and backbone[5:].strip()):
+        raise UserError(f"config key 'model.backbone' expects {' | '.join(map(repr, builtin))} | "
+                        f"'timm:NAME' (any timm model, e.g. timm:resnet50), got {backbone!r}")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(cfg.train.zero_stage in (0, 1, 2), "train.zero_stage", "must be 0, 1 or 2")
     need(0 < cfg.train.lloss_detach_at <= 1, "train.lloss_detach_at", "a fraction of train.epochs in (0, 1]")

@@ -25,7 +25,20 @@ STAND_INS = {
     "fashion_mnist_demo.yaml": ("synthetic:300,10,28x28,1", 200),
     "fashion_mnist_study.yaml": ("synthetic:300,10,28x28,1", 200),
     "inat2018.yaml": ("synthetic:200,8142,16x12,3", 4096),
+    "imagenet_timm.yaml": ("synthetic:200,1000,16x12,3", 4096),
 }
+# Configs that name a weights file: a random-init stand-in of the same architecture.
+WEIGHTS = {"imagenet_timm.yaml": "timm_resnet50_weights"}
+
+
+@pytest.fixture(scope="module")
+def timm_resnet50_weights(tmp_path_factory):
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("weights") / "resnet50.safetensors"
+    save_file(timm.create_model("resnet50", num_classes=1000).state_dict(), path)
+    return path
 # The protocols label thousands of samples; the stand-ins hold hundreds, so the tests shrink the
 # sizes that must fit the pool (and nothing else: cycles, batch, epochs, model stay the config's).
 SHRINK = ["al.initial=20", "al.budget=10", "al.subset_size=50", "al.val_size=30"]
@@ -46,11 +59,14 @@ def test_every_shipped_config_has_a_stand_in():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_dry_runs_on_a_dataset_of_its_shape(config, make_dataset, tmp_path,
-                                                                 capsys):
+                                                                 capsys, request):
     spec, shard_size = STAND_INS[config.name]
     root = make_dataset(spec, shard_size)
     run_dir = tmp_path / "run"
-    rc, out, err = dry_run(capsys, config, f"data.root={root}", f"run.dir={run_dir}", *SHRINK)
+    weights = [f"model.weights={request.getfixturevalue(WEIGHTS[config.name])}"] \
+        if config.name in WEIGHTS else []
+    rc, out, err = dry_run(capsys, config, f"data.root={root}", f"run.dir={run_dir}", *SHRINK,
+                           *weights)
     assert rc == 0, err
     cycles = yaml.safe_load(config.read_text())["al"]["cycles"]
     rows = [line for line in out.splitlines() if line.startswith("| ") and "cycle" not in line]
@@ -59,6 +75,36 @@ def test_every_shipped_config_dry_runs_on_a_dataset_of_its_shape(config, make_da
     for word in ("steps/epoch/rank", "TD buffers", "checkpoint", "still needed", "free there"):
         assert word in out
     assert "nothing was written" in out and not run_dir.exists()
+    if weights:  # input settings from the weights' pretrained config, where the config has none
+        assert "from the weights' pretrained config: data.image_size=224" in out
+
+
+def test_wrong_timm_weights_are_refused_by_the_dry_run_and_the_run(make_dataset, tmp_path,
+                                                                   capsys):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    root = make_dataset("synthetic:120,4,32x32,3", 40)
+    other = tmp_path / "convnext.safetensors"
+    save_file(timm.create_model("convnext_atto", num_classes=4).state_dict(), other)
+    cnn = tmp_path / "resnet10t.pt"
+    torch.save(timm.create_model("resnet10t", num_classes=9).state_dict(), cnn)
+    base = [f"data.root={root}", "model.backbone=timm:resnet10t", "data.image_size=32",
+            "al.initial=20", "train.batch_size=8"]
+    run_dir = tmp_path / "run"
+    rc, _, err = dry_run(capsys, None, *base, f"model.weights={other}", f"run.dir={run_dir}")
+    assert rc == 2 and f"model weights file '{other}' does not fit" in err
+    assert "missing keys: " in err and "stages.0" in err and "Traceback" not in err
+    proc = run_module(["run", *base, f"model.weights={other}", f"run.dir={run_dir}"])
+    assert proc.returncode == 2 and f"'{other}' does not fit" in proc.stderr, tail(proc)
+    assert "Traceback" not in proc.stderr and not run_dir.exists()
+    rc, out, _ = dry_run(capsys, None, *base, f"model.weights={cnn}", f"run.dir={run_dir}")
+    assert rc == 0 and f"note: weights '{cnn}': classifier (fc.weight, fc.bias) replaced" in out
+    rc, _, err = dry_run(capsys, None, *base, "model.backbone=timm:resnet10x",
+                         f"run.dir={run_dir}")
+    assert rc == 2 and "'timm:resnet10x' is not a timm model; closest timm names: " in err
+    assert "resnet10t" in err and "Traceback" not in err
 
 
 def test_the_plan_for_another_world_size(make_dataset, tmp_path, capsys):

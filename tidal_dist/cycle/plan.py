@@ -148,7 +148,7 @@ def _first_image_shape(cfg: Config, manifest: Manifest, split: str, train: bool)
     c = cfg.data
     kind = c.train_transform if train else c.eval_transform
     transform = build_transform(kind, manifest, train=train, crop_padding=c.crop_padding,
-                                image_size=c.image_size)
+                                image_size=c.image_size, interpolation=c.interpolation)
     info = manifest.split(split)
     if not info.shards:
         raise UserError(f"data.root '{c.root}': split '{split}' holds no samples")
@@ -264,8 +264,31 @@ def check_set_budget(cfg: Config, strategy, cycles: list[CyclePlan]) -> None:
                         f"{cycles[0].candidates} unlabeled pool samples; lower al.budget")
 
 
+def resolve_model_inputs(cfg: Config) -> list[str]:
+    """Fill data.image_size / mean / std / interpolation left unset from a timm backbone's
+    pretrained config when it has weights (in place, before the run's config.yaml is written, so
+    it records them); returns the keys filled. A dataset that cannot be read is left to make_plan
+    to report."""
+    from tidal_dist.models.timm_backbone import resolve_input_settings, timm_name
+
+    if timm_name(cfg.model.backbone) is None or cfg.model.weights is None:
+        return []
+    try:
+        manifest = load_manifest(Path(cfg.data.root))
+    except UserError:
+        return []
+    return resolve_input_settings(cfg.data, cfg.model, 1 if manifest.mode == "L" else 3)
+
+
+def check_normalisation(cfg: Config, channels: int) -> None:
+    for key, values in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
+        if values is not None and len(values) != channels:
+            raise UserError(f"config key '{key}': {len(values)} values for images of {channels} "
+                            f"channel(s); give one per channel")
+
+
 def model_size(cfg: Config, strategy, world: int, num_classes: int,
-               in_channels: int) -> tuple[int, int]:
+               in_channels: int, warnings: list[str] | None = None) -> tuple[int, int]:
     """(parameters, bytes of a state_dict) of the network the run trains (backbone and the
     objective's heads), without allocating the weights; the same strategy / objective / network
     checks build_session makes before training (Learning Loss's even batch, a head or dropout
@@ -278,8 +301,16 @@ def model_size(cfg: Config, strategy, world: int, num_classes: int,
 
     objective = resolve_objective(cfg, strategy.objective)
     objective.validate(cfg.train, world)
+    from tidal_dist.models.timm_backbone import check_weights, timm_name
+
     weights = cfg.model.weights
-    if weights is not None and not Path(weights).is_file():
+    name = timm_name(cfg.model.backbone)
+    if name is not None and weights is not None:
+        # the file read and matched key by key against the architecture (no weights allocated)
+        notes = check_weights(name, weights, num_classes, in_channels)
+        if warnings is not None:
+            warnings.extend(notes)
+    elif weights is not None and not Path(weights).is_file():
         raise UserError(f"config key 'model.weights': file '{weights}' does not exist")
     with torch.device("meta"):
         model = build_model(replace(cfg.model, weights=None), num_classes, in_channels,
@@ -366,7 +397,9 @@ def make_plan(cfg: Config, world_size: int, check_disk: bool = True) -> Plan:
                         f"{cfg.al.subset_size} candidates drawn each cycle: each cycle queries "
                         f"all {cfg.al.subset_size} of them (the whole subset, chosen by no "
                         f"strategy); raise al.subset_size to at least al.budget")
-    params, state_bytes = model_size(cfg, strategy, world_size, manifest.num_classes, shape[0])
+    check_normalisation(cfg, shape[0])
+    params, state_bytes = model_size(cfg, strategy, world_size, manifest.num_classes, shape[0],
+                                     warnings)
     disk = disk_plan(cfg, cycles, world_size, manifest.num_classes, params, state_bytes)
     run_dir = Path(cfg.run.dir)
     done = committed_count(run_dir) if run_dir.is_dir() else 0

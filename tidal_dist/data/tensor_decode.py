@@ -46,8 +46,9 @@ class TensorDecoder:
     differs from the native size) and `resize_center_crop` (short side to S * 8/7, crop S)."""
 
     def __init__(self, manifest: Manifest, kind: str, image_size: int | None,
-                 device: torch.device) -> None:
+                 device: torch.device, interpolation: str | None = None) -> None:
         self.device = torch.device(device)
+        self.interpolation = InterpolationMode(interpolation or "bilinear")
         self.mode = ImageReadMode.GRAY if manifest.mode == "L" else ImageReadMode.RGB
         native = manifest.image_size
         if image_size is None and native is None:
@@ -79,7 +80,7 @@ class TensorDecoder:
 
     def geometry(self, image: torch.Tensor) -> torch.Tensor:
         if self.resize is not None:
-            image = TF.resize(image, [self.resize], interpolation=InterpolationMode.BILINEAR,
+            image = TF.resize(image, [self.resize], interpolation=self.interpolation,
                               antialias=True)
             image = TF.center_crop(image, [self.crop, self.crop])
         return image

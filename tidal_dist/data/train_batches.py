@@ -98,7 +98,8 @@ class DeviceBatches:
         self.session, self.batch, self.ids = session, batch, labeled_ids
         self.augment = cfg.data.train_transform == "crop_flip"
         self.padding = cfg.data.crop_padding
-        reader = RandomAccessReader(cfg.data.root, "pool", build_decode(manifest, cfg.data.image_size),
+        reader = RandomAccessReader(cfg.data.root, "pool", build_decode(manifest, cfg.data.image_size,
+                                                                 cfg.data.interpolation),
                                     verify=cfg.data.verify_shards, shard_url=cfg.data.shard_url,
                                     cache_dir=cfg.data.cache_dir)
         self.images = DeviceImages.decode(reader, labeled_ids, manifest.mean, manifest.std,

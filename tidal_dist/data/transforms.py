@@ -8,7 +8,8 @@
            resize_center_crop   resize the short side to image_size * 8/7 (256 for 224), center crop
 
 `image_size` defaults to the manifest's fixed size; variable-sized datasets (imagefolder) need it
-for every kind, because batches need one size. Normalisation uses the manifest's mean / std.
+for every kind, because batches need one size. Normalisation uses the manifest's mean / std (a run
+with data.mean / data.std set gets a manifest carrying those); resizes use data.interpolation.
 The transform is a plain object of torchvision transforms, so it pickles into DataLoader workers.
 """
 
@@ -53,8 +54,14 @@ def _target_size(kind: str, manifest: Manifest, image_size: int | None) -> tuple
     return manifest.image_size
 
 
+def _filter(interpolation: str | None) -> T.InterpolationMode:
+    """data.interpolation (None: bilinear, torchvision's default) as torchvision's mode."""
+    return T.InterpolationMode(interpolation or "bilinear")
+
+
 def build_transform(kind: str, manifest: Manifest, train: bool, crop_padding: int = 4,
-                    image_size: int | None = None) -> ImageTransform:
+                    image_size: int | None = None,
+                    interpolation: str | None = None) -> ImageTransform:
     valid = TRAIN_KINDS if train else EVAL_KINDS
     if kind not in valid:
         raise UserError(f"{'train' if train else 'eval'} transform '{kind}' is unknown; "
@@ -62,27 +69,30 @@ def build_transform(kind: str, manifest: Manifest, train: bool, crop_padding: in
     if crop_padding < 0:
         raise UserError(f"data.crop_padding must be >= 0 (got {crop_padding})")
     size = _target_size(kind, manifest, image_size)
+    mode = _filter(interpolation)
     steps: list = []
     native = manifest.image_size
     if kind in ("none", "crop_flip") and image_size is not None and native != (image_size, image_size):
         # an explicit image_size other than the native one rescales the images first
-        steps += [T.Resize(image_size), T.CenterCrop(image_size)]
+        steps += [T.Resize(image_size, interpolation=mode), T.CenterCrop(image_size)]
     if kind == "crop_flip":
         steps += [T.RandomCrop(size, padding=crop_padding), T.RandomHorizontalFlip()]
     elif kind == "random_resized_crop":
-        steps += [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        steps += [T.RandomResizedCrop(size, interpolation=mode), T.RandomHorizontalFlip()]
     elif kind == "resize_center_crop":
         side = size if isinstance(size, int) else min(size)
-        steps += [T.Resize(round(side * 8 / 7)), T.CenterCrop(side)]
+        steps += [T.Resize(round(side * 8 / 7), interpolation=mode), T.CenterCrop(side)]
     steps += [T.ToTensor(), T.Normalize(manifest.mean, manifest.std)]
     return ImageTransform(manifest.mode, T.Compose(steps))
 
 
-def build_decode(manifest: Manifest, image_size: int | None = None) -> ImageTransform:
+def build_decode(manifest: Manifest, image_size: int | None = None,
+                 interpolation: str | None = None) -> ImageTransform:
     """bytes -> uint8 [C, H, W] with the `none` kind's resize (when image_size is not native) and
     no normalisation: what the device-resident training path keeps (data/device_batches.py)."""
     _target_size("none", manifest, image_size)
     steps: list = []
     if image_size is not None and manifest.image_size != (image_size, image_size):
-        steps += [T.Resize(image_size), T.CenterCrop(image_size)]
+        steps += [T.Resize(image_size, interpolation=_filter(interpolation)),
+                  T.CenterCrop(image_size)]
     return ImageTransform(manifest.mode, T.Compose([*steps, T.PILToTensor()]))

@@ -278,9 +278,17 @@ def resnet50_imagenet(num_classes: int, in_channels: int = 3,
 
 def build_backbone(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The backbone named by cfg.backbone."""
+    from tidal_dist.models.timm_backbone import build_timm_backbone, timm_name
+
+    name = timm_name(cfg.backbone)
+    if name is not None:
+        return build_timm_backbone(name, num_classes, in_channels, cfg.weights)
     if cfg.weights is not None and cfg.backbone not in ("resnet18", "resnet50"):
-        raise UserError(f"config key 'model.weights': only supported for backbones resnet18 and "
-                        f"resnet50, not '{cfg.backbone}'")
+        raise UserError(f"config key 'model.weights': only supported for backbones resnet18, "
+                        f"resnet50 and timm:NAME, not '{cfg.backbone}'")
+    if cfg.weights == "hub":
+        raise UserError("config key 'model.weights': 'hub' is for timm:NAME backbones; give "
+                        "resnet18 / resnet50 a local torchvision state_dict file")
     if cfg.backbone == "small_cnn":
         return SmallCNN(num_classes, in_channels, width=cfg.width)
     if cfg.backbone == "resnet18_cifar":
@@ -290,4 +298,4 @@ def build_backbone(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.M
     if cfg.backbone == "resnet50":
         return resnet50_imagenet(num_classes, in_channels, cfg.weights)
     raise UserError(f"config key 'model.backbone': unknown backbone '{cfg.backbone}'; "
-                    f"expected small_cnn, resnet18_cifar, resnet18 or resnet50")
+                    f"expected small_cnn, resnet18_cifar, resnet18, resnet50 or timm:NAME")

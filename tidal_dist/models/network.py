@@ -7,6 +7,7 @@ single accelerator.prepare / DDP wrap (and one optimizer) covers all of it.
     out["td_logits"]   TD module logits [B, C]        (when the net has a TD module)
     out["loss_pred"]   predicted loss [B]             (when the net has a loss prediction module)
 
+`x` is a batch of images, or a BackboneOutputs computed ahead (train.freeze=backbone's fast path).
 `detach_td` / `detach_loss` cut the stage features feeding a head from the backbone's graph: the
 head still learns, but its loss cannot change the classifier (TiDAL's own objective keeps them
 attached; see tidal_dist/objectives/).
@@ -15,7 +16,9 @@ attached; see tidal_dist/objectives/).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from tidal_dist.config import ModelConfig
@@ -31,6 +34,20 @@ class Heads:
     loss: bool = False
 
 
+class BackboneOutputs(NamedTuple):
+    """What the classifier and the heads read of the backbone, computed ahead (the frozen-feature
+    path, training/frozen_features.py): the embedding [B, D] and the four stage features, average
+    pooled ([B, C_k, 1, 1]: the heads' own pooling leaves them as they are)."""
+
+    embedding: Tensor
+    stages: list[Tensor]
+
+
+def pooled_outputs(backbone: nn.Module, x: Tensor) -> BackboneOutputs:
+    embedding, stages = backbone.features(x)
+    return BackboneOutputs(embedding, [torch.mean(f, dim=(2, 3), keepdim=True) for f in stages])
+
+
 class Network(nn.Module):
     def __init__(self, backbone: nn.Module, td_module: TDModule | None = None,
                  loss_module: LossPredictionModule | None = None) -> None:
@@ -39,10 +56,29 @@ class Network(nn.Module):
         self.td_module = td_module
         self.loss_module = loss_module
         self.num_classes: int = backbone.num_classes
+        self.frozen_backbone = False
 
-    def forward(self, x: Tensor, detach_td: bool = False,
+    def freeze_backbone(self) -> None:
+        """train.freeze=backbone, a linear probe: the backbone's parameters stop learning (its
+        classifier excepted) and it stays in eval mode, so BatchNorm statistics and dropout
+        match the pretrained network's; the classifier and the heads train as usual."""
+        classifier = {id(p) for p in self.backbone.classifier.parameters()}
+        for p in self.backbone.parameters():
+            p.requires_grad_(id(p) in classifier)
+        self.frozen_backbone = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Network":
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+            self.backbone.classifier.train(mode)
+        return self
+
+    def forward(self, x: Tensor | BackboneOutputs, detach_td: bool = False,
                 detach_loss: bool = False) -> dict[str, Tensor]:
-        embedding, stages = self.backbone.features(x)
+        # images, or the backbone's outputs computed ahead of time (a frozen backbone's)
+        embedding, stages = x if isinstance(x, BackboneOutputs) else self.backbone.features(x)
         out = {"logits": self.backbone.classifier(embedding), "embedding": embedding}
         if self.td_module is not None:
             out["td_logits"] = self.td_module([f.detach() for f in stages] if detach_td else stages)

@@ -112,8 +112,12 @@ def plan_sweep(config: str, strategies: list[str], seeds: list[int], out: str | 
 
 def run_config(run: PlannedRun) -> Config:
     """The run's resolved config, from its argument list (as `tidal-dist run` would load it)."""
+    from tidal_dist.cycle.plan import resolve_model_inputs
+
     config, overrides = split_args(run.args)
-    return load_config(config, overrides)
+    cfg = load_config(config, overrides)
+    resolve_model_inputs(cfg)  # as `tidal-dist run` does: a timm backbone's weights' input settings
+    return cfg
 
 
 def split_args(args: list[str]) -> tuple[str | None, list[str]]:

@@ -18,7 +18,7 @@ from tidal_dist.data.transforms import build_transform
 from tidal_dist.job import faults, preemption
 
 
-def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
+def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None, forward=None,
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """Yield (ids, labels, outputs) for this rank's share of `split` (or of `ids`): outputs is the
     network's dict (logits, embedding, td_logits, loss_pred as it has them), float32 on the
@@ -28,11 +28,12 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
     if use_tensor_decode(cfg.data.decode, session.manifest, acc.device.type == "cuda"):
         # Loader workers only read bytes; the batch is decoded on the device (tensor_decode.py).
         decoder = TensorDecoder(session.manifest, cfg.data.eval_transform, cfg.data.image_size,
-                                acc.device)
+                                acc.device, interpolation=cfg.data.interpolation)
         transform = raw_bytes
     else:
         transform = build_transform(cfg.data.eval_transform, session.manifest, train=False,
-                                    image_size=cfg.data.image_size)
+                                    image_size=cfg.data.image_size,
+                                    interpolation=cfg.data.interpolation)
     dataset = StreamingDataset(cfg.data.root, split, transform, ids=ids, rank=acc.process_index,
                                world_size=acc.num_processes, verify=cfg.data.verify_shards,
                                shard_url=cfg.data.shard_url, cache_dir=cfg.data.cache_dir)
@@ -49,7 +50,8 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
                 faults.maybe_slow("inference")
                 x = decoder(x) if decoder else x
                 with acc.autocast():
-                    out = model(session.to_device(x, model))
+                    x = session.to_device(x, model)
+                    out = model(x) if forward is None else forward(model, x)
                 yield batch_ids, y, {name: value.float() for name, value in out.items()}
     finally:
         model.train(was_training)

@@ -8,6 +8,7 @@ per-rank batch for Learning Loss's pairs).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -57,7 +58,8 @@ class Session:
         if self.train_reader is None:
             c = self.cfg.data
             transform = build_transform(c.train_transform, self.manifest, train=True,
-                                        crop_padding=c.crop_padding, image_size=c.image_size)
+                                        crop_padding=c.crop_padding, image_size=c.image_size,
+                                        interpolation=c.interpolation)
             self.train_reader = RandomAccessReader(c.root, "pool", transform, verify=c.verify_shards,
                                                    shard_url=c.shard_url, cache_dir=c.cache_dir)
         return self.train_reader
@@ -85,6 +87,10 @@ def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
     objective = resolve_objective(cfg, strategy.objective)
     objective.validate(cfg.train, world_size())
     manifest = load_manifest(cfg.data.root)
+    if cfg.data.mean is not None or cfg.data.std is not None:
+        # every reader and decoder normalises with the manifest's values: carry the config's
+        manifest = dataclasses.replace(manifest, mean=cfg.data.mean or manifest.mean,
+                                       std=cfg.data.std or manifest.std)
     acc = build_accelerator(cfg)
     setup_logging(acc.is_main_process)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
@@ -92,6 +98,8 @@ def build_session(cfg: Config, model: nn.Module | None = None) -> Session:
     if model is None:
         model = build_model(cfg.model, manifest.num_classes, in_channels, objective.heads(cfg.train))
     check_outputs(strategy, available_outputs(model), objective.name)
+    if cfg.train.freeze == "backbone":
+        model.freeze_backbone()
     if cfg.train.sync_batchnorm:  # statistics over the global batch: any world size, same result
         from tidal_dist.models.sync_batchnorm import convert_batchnorm
 

@@ -36,6 +36,7 @@ from tidal_dist.data.train_batches import build_batches
 from tidal_dist.dynamics.state import DeviceTD, EpochLayout, NoTD, check_epoch_probs_size
 from tidal_dist.objectives import StepBatch
 from tidal_dist.telemetry import progress
+from tidal_dist.training.frozen_features import FeatureBatches, uses_feature_cache
 from tidal_dist.training.runtime import per_rank_batch
 from tidal_dist.training.session import Session, build_session
 
@@ -68,13 +69,11 @@ class CycleResult:
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> tuple[torch.optim.Optimizer, object]:
-    """Fresh every cycle (tidal-method.md: optimizers and LR schedules are recreated)."""
-    t = cfg.train
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                          weight_decay=t.weight_decay)
-    milestones = sorted({max(1, round(f * t.epochs)) for f in t.lr_decay_at})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=t.lr_gamma)
-    return opt, sched
+    """Fresh every cycle (tidal-method.md: optimizers and LR schedules are recreated);
+    train.optimizer / schedule / warmup_epochs (training/optim.py)."""
+    from tidal_dist.training.optim import build_optimizer as build
+
+    return build(cfg, model)
 
 
 def epoch_seed(cfg: Config, cycle: int) -> int:
@@ -124,7 +123,10 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         td = NoTD(session.num_classes, rank)
     if resume is not None:
         td.load(resume / "td")
-    batches = build_batches(session, labeled_ids, batch, announce=acc.is_main_process)
+    if uses_feature_cache(cfg):  # a frozen backbone's outputs, computed once for the cycle
+        batches = FeatureBatches(session, labeled_ids, batch, announce=acc.is_main_process)
+    else:
+        batches = build_batches(session, labeled_ids, batch, announce=acc.is_main_process)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.time()
         skip = start_step if epoch == start_epoch else 0
