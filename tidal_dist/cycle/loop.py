@@ -73,7 +73,8 @@ def labeled_set_for(cfg: Config, manifest: Manifest, run_dir: Path,
     prev = cycle_dir(run_dir, k - 1)
     labeled, queried = load_npz(prev / "labeled.npz"), load_npz(prev / "queried.npz")
     if cfg.al.oracle == "file" and not queries_path(run_dir, k - 1).exists():
-        export_queries(run_dir, k - 1, manifest, queried["ids"], queried["reported"])
+        export_queries(run_dir, k - 1, manifest, queried["ids"], queried["reported"],
+                       root=cfg.data.root)
     new_labels = label_queries(cfg.al.oracle, run_dir, k - 1, manifest, cfg.data.root,
                                queried["ids"])
     ids = np.concatenate([labeled["ids"], queried["ids"]])
@@ -83,7 +84,8 @@ def labeled_set_for(cfg: Config, manifest: Manifest, run_dir: Path,
 
 
 def histogram(labels: np.ndarray, num_classes: int) -> list[int]:
-    return np.bincount(labels, minlength=num_classes).tolist()
+    """Per-class counts of the known labels (an unlabeled pool's -1s are not a class)."""
+    return np.bincount(labels[labels >= 0], minlength=num_classes).tolist()
 
 
 def _save_model(path: Path, model: torch.nn.Module) -> None:
@@ -187,7 +189,8 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
         metrics["seconds"].update({"score": t1 - t0, "select": time.time() - t1})
         commit_cycle(run_dir, work, k, ids, labels, queried, merged, metrics)
         if cfg.al.oracle == "file":
-            export_queries(run_dir, k, manifest, queried["ids"], queried["reported"])
+            export_queries(run_dir, k, manifest, queried["ids"], queried["reported"],
+                           root=cfg.data.root)
         session.telemetry.cycle(k, cfg.al.cycles, metrics, cycle_dir(run_dir, k))
     acc.wait_for_everyone()
     if acc.is_main_process:
