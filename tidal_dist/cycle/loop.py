@@ -130,8 +130,9 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
         val = evaluate(session, "pool", ids=validation_ids(session.cfg))
         out.update(val_accuracy=val["accuracy"], val_samples=val["num_samples"])
     out["seconds"]["evaluate"] = time.time() - t1
+    known = {} if metrics["accuracy"] is None else {"accuracy": metrics["accuracy"]}
     session.telemetry.phase(k, "evaluate", out["seconds"]["evaluate"], metrics["num_samples"],
-                            accuracy=metrics["accuracy"])
+                            **known)
     if acc.is_main_process:
         atomic_write_json(trained / "metrics.json", out)  # last: the phase marker
     acc.wait_for_everyone()
@@ -177,8 +178,10 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
             "subset_seed": subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
-            # Ground-truth classes of the queries where the shards have them (simulation only).
-            "queried_histogram": histogram(queried_labels, manifest.num_classes),
+            # Ground-truth classes of the queries where the shards have them (simulation only);
+            # None on a pool whose stored labels are incomplete: those classes are unknown.
+            "queried_histogram": (histogram(queried_labels, manifest.num_classes)
+                                  if manifest.pool_fully_labeled else None),
         })
         if module is not None:
             metrics["module_analysis"] = module
@@ -248,12 +251,17 @@ def write_results(run_dir: Path) -> dict:
     summary = {"run_dir": str(run_dir), "cycles": rows}
     atomic_write_json(run_dir / "results.json", summary)
     lines = ["| cycle | labeled | test accuracy | train s | score s |", "|---|---|---|---|---|"]
-    lines += [f"| {r['cycle']} | {r['labeled']} | {r['accuracy']:.4f} | "
+    lines += [f"| {r['cycle']} | {r['labeled']} | {accuracy_text(r['accuracy'])} | "
               f"{r['seconds']['train']:.1f} | {r['seconds']['score']:.1f} |" for r in rows]
     atomic_write(run_dir / "results.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     if rows:
         plot_accuracy(run_dir / "results.png", rows)
     return summary
+
+
+def accuracy_text(accuracy: float | None) -> str:
+    """None: the dataset has no labeled evaluation split."""
+    return "unknown (no labeled test split)" if accuracy is None else f"{accuracy:.4f}"
 
 
 def plot_accuracy(path: Path, rows: list[dict]) -> None:
@@ -264,7 +272,10 @@ def plot_accuracy(path: Path, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=150)
-    ax.plot([r["labeled"] for r in rows], [100 * r["accuracy"] for r in rows], marker="o")
+    known = [r for r in rows if r["accuracy"] is not None]
+    ax.plot([r["labeled"] for r in known], [100 * r["accuracy"] for r in known], marker="o")
+    if not known:
+        ax.set_title("test accuracy unknown: no labeled test split", fontsize=8)
     ax.set_xlabel("labeled samples")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -325,7 +336,7 @@ def run_main(cfg: Config, end_training: bool = True) -> int:
         last = summary["cycles"][-1] if summary["cycles"] else None
         if last:
             message = (f"{len(summary['cycles'])} cycles done; final accuracy "
-                       f"{last['accuracy']:.4f} with {last['labeled']} labels")
+                       f"{accuracy_text(last['accuracy'])} with {last['labeled']} labels")
             print(f"tidal-dist run: {message}; results in {run_dir}/results.md and "
                   f"{run_dir}/cycles/", flush=True)
             outcome.note(message)
@@ -350,7 +361,7 @@ def train_main(cfg: Config) -> int:
         atomic_write_json(run_dir / "train" / "metrics.json", {
             "labeled": len(labeled), "world_size": acc.num_processes, **metrics,
             "epochs": [e.to_dict() for e in result.epochs], "seconds": result.seconds})
-        log.info("test accuracy %.4f on %d samples; results in %s", metrics["accuracy"],
+        log.info("test accuracy %s on %d samples; results in %s", accuracy_text(metrics["accuracy"]),
                  metrics["num_samples"], run_dir / "train")
     acc.wait_for_everyone()
     acc.end_training()
