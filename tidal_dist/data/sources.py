@@ -503,3 +503,89 @@ def open_source(spec: str, skip_bad: bool = False, options: dict | None = None) 
     if parsed.kind == "imagefolder":
         return ImageFolderSource(parsed, skip_bad, options.get("classes"))
     return _torchvision_source(parsed)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the sources of existing collections (wds:, hf:) share: statistics from a sample of
+# encoded images, and class indices from labels as the data states them.
+
+class PixelStatsSample:
+    """Normalisation statistics over a seeded uniform sample of at most STATS_SAMPLE_SIZE images
+    offered one at a time, without knowing how many will come: reservoir sampling (Vitter,
+    "Random sampling with a reservoir", ACM TOMS 1985, Algorithm R). An image is decoded only
+    when it enters the reservoir, and only its (3, 256) histogram is kept."""
+
+    def __init__(self, mode: str = "RGB", seed: int = 0) -> None:
+        self.mode = mode
+        self.rng = np.random.default_rng(seed)
+        self.reservoir: list[np.ndarray] = []
+        self.seen = 0
+
+    def offer(self, image: bytes) -> None:
+        slot = self.seen if self.seen < STATS_SAMPLE_SIZE else int(self.rng.integers(0, self.seen + 1))
+        self.seen += 1
+        if slot >= STATS_SAMPLE_SIZE:
+            return
+        with Image.open(io.BytesIO(image)) as decoded:
+            hist = channel_histograms(np.asarray(decoded.convert(self.mode)), 3 if self.mode == "RGB" else 1)
+        if slot == len(self.reservoir):
+            self.reservoir.append(hist)
+        else:
+            self.reservoir[slot] = hist
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        return mean_std_from_histograms(np.sum(self.reservoir, axis=0))
+
+
+def label_value(value: object) -> int | str | None:
+    """A label as the data states it: an integer (also from its text), a name, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        try:
+            return int(value)
+        except ValueError:
+            return value or None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    return str(value)
+
+
+def class_indices(raw: dict[str, list[int | str | None]], keys: dict[str, list[str]],
+                  names: list[str] | None, where: str) -> tuple[list[str], dict[str, list[int]]]:
+    """(class names, per-split label indices with -1 for unknown) from raw labels.
+
+    names None: integer labels name the classes 0..max by their number; names are sorted,
+    numerically when every name is an integer (so "10" never sorts before "2"). A given list
+    of names maps a name to its position and an integer must index it."""
+    values = [v for split in raw.values() for v in split if v is not None]
+    if names is None:
+        if not values:
+            raise UserError(f"{where}: no sample has a label, so nothing names the classes; list "
+                            f"them one per line in a file and prepare with --classes FILE")
+        if all(isinstance(v, int) for v in values):
+            names = [str(c) for c in range(max(values) + 1)]
+        elif all(isinstance(v, str) for v in values):
+            names = sorted(set(values))
+        else:
+            raise UserError(f"{where}: labels mix integers and names (e.g. "
+                            f"{next(v for v in values if isinstance(v, int))!r} and "
+                            f"{next(v for v in values if isinstance(v, str))!r}); give the class "
+                            f"names with --classes FILE")
+    index = {name: i for i, name in enumerate(names)}
+    out: dict[str, list[int]] = {}
+    for split, labels in raw.items():
+        converted = []
+        for key, value in zip(keys[split], labels):
+            if value is None:
+                converted.append(UNKNOWN_LABEL)
+            elif isinstance(value, str) and value in index:
+                converted.append(index[value])
+            elif isinstance(value, int) and 0 <= value < len(names):
+                converted.append(value)
+            else:
+                raise UserError(f"{where}: sample '{key}' ({split}): label {value!r} is not one of "
+                                f"the {len(names)} classes (0..{len(names) - 1} or a class name)")
+        out[split] = converted
+    return names, out

@@ -25,7 +25,6 @@ Algorithm R, ACM TOMS 1985), each decoded only when it enters the reservoir.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -35,19 +34,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
-from PIL import Image
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from tidal_dist.data.manifest import ShardInfo, SplitInfo
-from tidal_dist.data.sources import (SPLITS, STATS_SAMPLE_SIZE, UNKNOWN_LABEL, Source, SourceSpec,
-                                     channel_histograms, image_size_of, mean_std_from_histograms,
-                                     parse_spec, read_class_names, resolved_against)
+from tidal_dist.data.sources import (SPLITS, PixelStatsSample, Source, SourceSpec, class_indices,
+                                     image_size_of, label_value, parse_spec, read_class_names,
+                                     resolved_against)
 from tidal_dist.job.errors import UserError
 
 DEFAULT_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "bmp", "tif", "tiff")
-STATS_SEED = 0
 CHUNK = 1 << 20
 
 
@@ -189,9 +185,7 @@ class WdsSource(Source):
             return
         from tidal_dist.telemetry.progress import progress as progress_output
 
-        rng = np.random.default_rng(STATS_SEED)
-        reservoir: list[np.ndarray] = []
-        seen = 0
+        stats = PixelStatsSample(self.mode)
         sizes: set[tuple[int, int]] = set()
         scanned = {}
         for split in SPLITS:
@@ -217,15 +211,8 @@ class WdsSource(Source):
                                             f"must be unique")
                         where_key[key] = url
                         sizes.add(image_size_of(image))
-                        if split == "pool":  # Algorithm R: sample i replaces a slot w.p. k / (i+1)
-                            slot = seen if seen < STATS_SAMPLE_SIZE else int(rng.integers(0, seen + 1))
-                            if slot < STATS_SAMPLE_SIZE:
-                                hist = self._histogram(image)
-                                if slot == len(reservoir):
-                                    reservoir.append(hist)
-                                else:
-                                    reservoir[slot] = hist
-                            seen += 1
+                        if split == "pool":
+                            stats.offer(image)
                         result.keys.append(key)
                         result.raw_labels.append(raw_label)
                         result.exts.append(ext)
@@ -237,8 +224,10 @@ class WdsSource(Source):
             scanned[split] = result
         if not scanned["pool"].keys:
             raise UserError(f"source '{self.spec.path}': no usable sample in the pool's shards")
-        self.class_names, self.labels = self._resolve_labels(scanned)
-        self.mean, self.std = mean_std_from_histograms(np.sum(reservoir, axis=0))
+        self.class_names, self.labels = class_indices(
+            {s: scanned[s].raw_labels for s in SPLITS}, {s: scanned[s].keys for s in SPLITS},
+            self.class_file_names, f"source 'wds:{self.spec.path}'")
+        self.mean, self.std = stats.mean_std()
         self.image_size = None
         if len(sizes) == 1:
             width, height = next(iter(sizes))
@@ -262,71 +251,15 @@ class WdsSource(Source):
     def _label_name(self) -> str:
         return "a .cls member" if self.label_kind == "cls" else f"field '{self.label_field}' of .json"
 
-    def _raw_label(self, files: dict[str, bytes]) -> Any:
-        if self.label_kind == "none":
-            return None
+    def _raw_label(self, files: dict[str, bytes]) -> int | str | None:
         if self.label_kind == "cls":
-            if "cls" not in files:
-                return None
-            value: Any = files["cls"].decode("utf-8").strip()
-        else:
-            if "json" not in files:
-                return None
+            return label_value(files["cls"].decode("utf-8")) if "cls" in files else None
+        if self.label_kind == "json" and "json" in files:
             try:
-                value = json.loads(files["json"]).get(self.label_field)
+                return label_value(json.loads(files["json"]).get(self.label_field))
             except (ValueError, AttributeError):
                 return None
-            if value is None:
-                return None
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            return str(value)
-        return value
-
-    def _histogram(self, image: bytes) -> np.ndarray:
-        with Image.open(io.BytesIO(image)) as decoded:
-            return channel_histograms(np.asarray(decoded.convert(self.mode)), 3)
-
-    def _resolve_labels(self, scanned: dict[str, _Scanned]) -> tuple[list[str], dict[str, list[int]]]:
-        """Class names and per-split label indices (-1 unknown) from the raw labels."""
-        raw = [v for s in SPLITS for v in scanned[s].raw_labels if v is not None]
-        names = self.class_file_names
-        if names is None:
-            if not raw:
-                raise UserError(f"source '{self.spec.path}': no sample has a label, so there are no "
-                                f"class names; list them one per line in a file and prepare with "
-                                f"--classes FILE")
-            if all(isinstance(v, int) for v in raw):
-                names = [str(c) for c in range(max(raw) + 1)]
-            elif all(isinstance(v, str) for v in raw):
-                names = sorted(set(raw))
-            else:
-                raise UserError(f"source '{self.spec.path}': labels mix integers and names (e.g. "
-                                f"{next(v for v in raw if isinstance(v, int))!r} and "
-                                f"{next(v for v in raw if isinstance(v, str))!r}); give class names "
-                                f"with --classes FILE")
-        index = {name: i for i, name in enumerate(names)}
-        labels: dict[str, list[int]] = {}
-        for split in SPLITS:
-            out = []
-            for key, value in zip(scanned[split].keys, scanned[split].raw_labels):
-                if value is None:
-                    out.append(UNKNOWN_LABEL)
-                elif isinstance(value, int):
-                    if not 0 <= value < len(names) or value < 0:
-                        raise UserError(f"sample '{key}' ({split}): label {value} outside "
-                                        f"0..{len(names) - 1} (the class names)")
-                    out.append(value)
-                elif value in index:
-                    out.append(index[value])
-                else:
-                    raise UserError(f"sample '{key}' ({split}): label {value!r} is not a class name")
-            labels[split] = out
-        return names, labels
+        return None
 
     # -- what prepare reads ------------------------------------------------------------------------
 
