@@ -27,10 +27,12 @@ from typing import IO, Any
 import numpy as np
 import webdataset as wds
 
+from tidal_dist.data.hf_source import HfSource
 from tidal_dist.data.locations import check_base_url
 from tidal_dist.data.manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo,
                                       known_label_mask, load_manifest)
 from tidal_dist.data.sources import SPLITS, Source, SourceSpec, open_source, parse_spec
+from tidal_dist.data.wds_source import WdsSource
 from tidal_dist.job.errors import UserError
 from tidal_dist.job.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from tidal_dist.telemetry.progress import progress as progress_output
@@ -166,6 +168,16 @@ def _write_dataset(source: Source, spec_text: str, folder: Path, options: dict[s
     return manifest
 
 
+def open_any_source(spec: str, skip_bad: bool = False, options: dict[str, Any] | None = None) -> Source:
+    """sources.open_source, and the sources of existing collections built on it (wds:, hf:)."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "wds":
+        return WdsSource(parsed, skip_bad, **(options or {}))
+    if parsed.kind == "hf":
+        return HfSource(parsed, skip_bad, **(options or {}))
+    return open_source(spec, skip_bad=skip_bad, options=options)
+
+
 def _existing_output(out: Path, spec: SourceSpec, options: dict[str, Any]) -> Manifest | None:
     """The manifest of a finished identical dataset at `out`; None if `out` is absent or empty.
     Anything else at `out` is a UserError: prepare never deletes data it did not write."""
@@ -230,7 +242,7 @@ def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000
         print(f"{partial}: left over from an interrupted prepare; removing it and starting again")
         shutil.rmtree(partial)
     # errors here leave nothing behind (a wds: source reads every shard once in here)
-    source = open_source(source_spec, skip_bad=skip_bad, options=source_options)
+    source = open_any_source(source_spec, skip_bad=skip_bad, options=source_options)
     if in_place:
         source.scan(progress)
     partial.mkdir(parents=True)

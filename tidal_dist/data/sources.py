@@ -482,14 +482,8 @@ def open_source(spec: str, skip_bad: bool = False, options: dict | None = None) 
     eval_source, image_key, label); each kind refuses the ones it does not take."""
     parsed = parse_spec(spec)
     options = dict(options or {})
-    if parsed.kind == "wds":
-        from tidal_dist.data.wds_source import WdsSource
-
-        return WdsSource(parsed, skip_bad, **options)
-    if parsed.kind == "hf":
-        from tidal_dist.data.hf_source import HfSource
-
-        return HfSource(parsed, skip_bad, **options)
+    if parsed.kind in ("wds", "hf"):  # built on this module: data/shards.open_any_source opens them
+        raise ValueError(f"open {parsed.kind}: sources with data.shards.open_any_source")
     takes = {"classes"} if parsed.kind == "imagefolder" else set()
     refused = sorted(set(options) - takes)
     if refused:
