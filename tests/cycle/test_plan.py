@@ -25,6 +25,9 @@ STAND_INS = {
     "fashion_mnist_demo.yaml": ("synthetic:300,10,28x28,1", 200),
     "fashion_mnist_study.yaml": ("synthetic:300,10,28x28,1", 200),
     "inat2018.yaml": ("synthetic:200,8142,16x12,3", 4096),
+    # the templates for one's own data: any number of classes, images resized to 224
+    "custom_imagefolder.yaml": ("synthetic:200,5,16x12,3", 64),
+    "custom_wds.yaml": ("synthetic:200,10,16x12,3", 64),
 }
 # The protocols label thousands of samples; the stand-ins hold hundreds, so the tests shrink the
 # sizes that must fit the pool (and nothing else: cycles, batch, epochs, model stay the config's).
