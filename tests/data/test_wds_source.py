@@ -97,6 +97,8 @@ def test_json_label_and_a_pipe_opener(tmp_path):
     assert load_labels(out, "pool").tolist() == [pool[k][0] for k in load_keys(out, "pool")]
     streamed = list(StreamingDataset(out, "pool", lambda d: d, rank=0, world_size=1))
     assert [image for _, image, _ in streamed] == [pool[k][1] for k in load_keys(out, "pool")]
+    reader = RandomAccessReader(out, "pool", lambda d: d, cache_dir=str(tmp_path / "cache"))
+    assert reader[13][1:] == pool[load_keys(out, "pool")[13]][::-1]  # through the node's cache
 
 
 def test_bad_samples_named_skipped_and_counted(tmp_path):
