@@ -77,6 +77,11 @@ def test_indexed_in_place_without_copying(user_shards, tmp_path):
     assert load_keys(out, "test") == list(val)
     source = ShardSource.of(out, manifest.base_url)
     assert not source.remote and verify(out, shard_problem=source.problem) == []
+    wids = json.loads((out / "pool.wids.json").read_text())["shardlist"]
+    assert [(w["url"], w["nsamples"]) for w in wids] == [(str(folder / f"train-{s:03d}.tar"), 40)
+                                                          for s in range(3)]
+    proc = run_module(["inspect", str(out), "--verify"])
+    assert proc.returncode == 0 and "used in place" in proc.stdout, tail(proc)
     raw = lambda data: data  # noqa: E731  (the bytes as stored)
     reader = RandomAccessReader(out, "pool", raw)
     for sample_id in (0, 39, 40, 119):

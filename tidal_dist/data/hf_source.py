@@ -32,9 +32,9 @@ from typing import Any
 
 from PIL import Image
 
-from tidal_dist.data.sources import (SPLITS, PixelStatsSample, Source, SourceSpec, class_indices,
+from tidal_dist.data.sources import (SPLITS, CollectionSource, PixelStatsSample, SourceSpec, class_indices,
                                      image_size_of, label_value, parse_spec, read_class_names,
-                                     resolved_against)
+                                     resolved_against, shared_size)
 from tidal_dist.job.errors import UserError
 
 EVAL_SPLIT_NAMES = ("test", "validation", "valid", "val")
@@ -120,16 +120,13 @@ def _features(table: _Table) -> dict[str, Any]:
         return {}  # plain parquet: columns are found by name
 
 
-class HfSource(Source):
+class HfSource(CollectionSource):
     """Rows of Arrow / parquet files; see the module docstring."""
-
-    mode = "RGB"
 
     def __init__(self, spec: SourceSpec, skip_bad: bool, eval_source: str | None = None,
                  image_key: str | None = None, label: str | None = None,
                  classes: str | None = None) -> None:
-        self.spec = spec
-        self.skip_bad = skip_bad
+        super().__init__(spec, skip_bad)
         self.root = Path(spec.path)
         found = find_splits(self.root)
         pool_name = "train" if "train" in found else next(iter(found))
@@ -169,7 +166,6 @@ class HfSource(Source):
             feature = features.get(self.label_column)
             if isinstance(feature, dict) and feature.get("_type") == "ClassLabel":
                 names = [str(n) for n in feature["names"]]
-        self._skipped = 0
         self._scan(names)
 
     def _rows(self, split: str) -> Iterator[tuple[str, str, Any, bytes | None]]:
@@ -230,15 +226,8 @@ class HfSource(Source):
             raise UserError(f"Hugging Face dataset '{self.root}': no usable row in the pool")
         self.class_names, self.labels = class_indices(raw, keys, names, f"source 'hf:{self.root}'")
         self.mean, self.std = stats.mean_std()
-        self.image_size = None
-        if len(sizes) == 1:
-            width, height = next(iter(sizes))
-            self.image_size = (height, width)
+        self.image_size = shared_size(sizes)
         self.keys = keys
-
-    @property
-    def skipped(self) -> int:
-        return self._skipped
 
     def split_length(self, split: str) -> int:
         return len(self.keys[split])

@@ -428,10 +428,7 @@ class ImageFolderSource(Source):
     @property
     def image_size(self) -> tuple[int, int] | None:
         """(H, W) when every image written so far has that size; None when sizes differ."""
-        if len(self._sizes) != 1:
-            return None
-        width, height = next(iter(self._sizes))
-        return height, width
+        return shared_size(self._sizes)
 
     @property
     def skipped(self) -> int:
@@ -502,6 +499,31 @@ def open_source(spec: str, skip_bad: bool = False, options: dict | None = None) 
 # ----------------------------------------------------------------------------------------------
 # What the sources of existing collections (wds:, hf:) share: statistics from a sample of
 # encoded images, and class indices from labels as the data states them.
+
+def shared_size(sizes: set[tuple[int, int]]) -> tuple[int, int] | None:
+    """(H, W) when every image had the one (width, height) in `sizes`; None when sizes differ."""
+    if len(sizes) != 1:
+        return None
+    width, height = next(iter(sizes))
+    return height, width
+
+
+class CollectionSource(Source):
+    """A source of an existing collection (wds:, hf:): RGB images kept as they are, unreadable
+    ones counted when skip_bad. Subclasses check every sample once when opened."""
+
+    mode = "RGB"
+    image_size: tuple[int, int] | None = None
+
+    def __init__(self, spec: SourceSpec, skip_bad: bool) -> None:
+        self.spec = spec
+        self.skip_bad = skip_bad
+        self._skipped = 0
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped
+
 
 class PixelStatsSample:
     """Normalisation statistics over a seeded uniform sample of at most STATS_SAMPLE_SIZE images

@@ -38,9 +38,9 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from tidal_dist.data.manifest import ShardInfo, SplitInfo
-from tidal_dist.data.sources import (SPLITS, PixelStatsSample, Source, SourceSpec, class_indices,
+from tidal_dist.data.sources import (SPLITS, CollectionSource, PixelStatsSample, SourceSpec, class_indices,
                                      image_size_of, label_value, parse_spec, read_class_names,
-                                     resolved_against)
+                                     resolved_against, shared_size)
 from tidal_dist.job.errors import UserError
 
 DEFAULT_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "bmp", "tif", "tiff")
@@ -153,17 +153,14 @@ class _Scanned:
     exts: list[str] = field(default_factory=list)
 
 
-class WdsSource(Source):
+class WdsSource(CollectionSource):
     """Existing shards: scanned once (`scan`), then either indexed in place (`index_split`) or
     read again for a copy (`keyed_samples`)."""
-
-    mode = "RGB"
 
     def __init__(self, spec: SourceSpec, skip_bad: bool, eval_source: str | None = None,
                  image_key: str | None = None, label: str | None = None,
                  classes: str | None = None) -> None:
-        self.spec = spec
-        self.skip_bad = skip_bad
+        super().__init__(spec, skip_bad)
         self.image_keys = tuple(k.strip().lstrip(".") for k in image_key.split(",")) if image_key \
             else DEFAULT_IMAGE_KEYS
         self.label_kind, self.label_field = parse_label_option(label)
@@ -176,7 +173,6 @@ class WdsSource(Source):
             patterns["test"] = eval_spec.path
         self.urls = {split: expand_pattern(patterns[split]) if split in patterns else [] for split in SPLITS}
         self._scanned: dict[str, _Scanned] | None = None
-        self._skipped = 0
 
     # -- the pass over every shard ---------------------------------------------------------------
 
@@ -228,10 +224,7 @@ class WdsSource(Source):
             {s: scanned[s].raw_labels for s in SPLITS}, {s: scanned[s].keys for s in SPLITS},
             self.class_file_names, f"source 'wds:{self.spec.path}'")
         self.mean, self.std = stats.mean_std()
-        self.image_size = None
-        if len(sizes) == 1:
-            width, height = next(iter(sizes))
-            self.image_size = (height, width)
+        self.image_size = shared_size(sizes)
         self._scanned = scanned
 
     def _check_sample(self, split: str, files: dict[str, bytes]) -> tuple[str | None, bytes, str, Any]:
@@ -262,10 +255,6 @@ class WdsSource(Source):
         return None
 
     # -- what prepare reads ------------------------------------------------------------------------
-
-    @property
-    def skipped(self) -> int:
-        return self._skipped
 
     @property
     def shard_base(self) -> str:
