@@ -15,6 +15,7 @@ from tidal_dist.cycle.plan import make_plan
 from tidal_dist.data.manifest import load_keys, load_labels, load_manifest
 from tidal_dist.data.shards import prepare
 from tidal_dist.job.errors import UserError
+from tidal_dist.report.collect import collect
 
 CLASSES = ["cat", "dog", "owl"]
 
@@ -95,6 +96,8 @@ def test_file_oracle_run_on_a_partly_labeled_pool(partly_labeled, tmp_path):
     metrics = json.loads((cycle / "metrics.json").read_text())
     assert metrics["accuracy"] is None and metrics["queried_histogram"] is None
     assert "unknown" in (run_dir / "results.md").read_text()
+    runs, notes = collect([run_dir])  # the report names it instead of comparing a made-up number
+    assert runs == [] and "test accuracy unknown" in notes[0]
     rows = [r.split(",") for r in (run_dir / "queries" / "cycle_0.csv").read_text().splitlines()]
     keys = load_keys(partly_labeled, "pool")
     assert rows[0][-1] == "original" and len(rows) == 9
