@@ -243,8 +243,8 @@ def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000
         shutil.rmtree(partial)
     # errors here leave nothing behind (a wds: source reads every shard once in here)
     source = open_any_source(source_spec, skip_bad=skip_bad, options=source_options)
-    if in_place:
-        source.scan(progress)
+    if spec.kind == "wds":
+        source.scan(progress)  # every shard read once, with a progress bar, before anything is written
     partial.mkdir(parents=True)
     try:
         manifest = _write_dataset(source, source_spec, partial, options, base_url, progress, in_place)

@@ -484,9 +484,9 @@ def open_source(spec: str, skip_bad: bool = False, options: dict | None = None) 
     takes = {"classes"} if parsed.kind == "imagefolder" else set()
     refused = sorted(set(options) - takes)
     if refused:
-        names = ", ".join("--" + name.replace("_", "-") for name in refused)
-        raise UserError(f"source '{spec}': {names} only apply to "
-                        f"{'wds: and hf:' if 'classes' in takes else 'wds:, hf: and imagefolder:'} sources")
+        kinds = "wds:, hf: and imagefolder:" if refused == ["classes"] else "wds: and hf:"
+        names = " and ".join("--" + name.replace("_", "-") for name in refused)
+        raise UserError(f"source '{spec}': {names} only apply to {kinds} sources")
     if parsed.kind == "synthetic":
         return _synthetic_source(parsed)
     if parsed.kind == "fashion-mnist":
