@@ -486,7 +486,8 @@ def open_source(spec: str, skip_bad: bool = False, options: dict | None = None) 
     if refused:
         kinds = "wds:, hf: and imagefolder:" if refused == ["classes"] else "wds: and hf:"
         names = " and ".join("--" + name.replace("_", "-") for name in refused)
-        raise UserError(f"source '{spec}': {names} only apply to {kinds} sources")
+        verb = "applies" if len(refused) == 1 else "apply"
+        raise UserError(f"source '{spec}': {names} {verb} only to {kinds} sources")
     if parsed.kind == "synthetic":
         return _synthetic_source(parsed)
     if parsed.kind == "fashion-mnist":
