@@ -2,7 +2,8 @@
 
 - simulated: the labels stored with the shards (every AL benchmark's setting).
 - file: a person labels. Cycle K's queries are exported to `queries/cycle_K.csv` (id, shard, key,
-  score, original: the sample's file or key in the user's data); the run stops until `labels/cycle_K.csv` (id,label) exists, and re-running imports it.
+  score, original: the sample's file or key in the user's data); the run stops until
+  `labels/cycle_K.csv` (id,label) exists, and re-running imports it.
   The import is all-or-nothing: any bad row rejects the whole file, naming every problem.
 """
 
