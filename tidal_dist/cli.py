@@ -51,11 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="write a dataset as WebDataset shards + manifest")
     p.add_argument("--source", required=True,
                    help="fashion-mnist[:DIR] | cifar10 | cifar100 | svhn | torchvision:NAME[:DIR] | "
-                        "imagefolder:ROOT | synthetic:N,C,HxW[,channels]")
+                        "imagefolder:ROOT | synthetic:N,C,HxW[,channels] | wds:PATTERN (existing "
+                        "WebDataset shards, used in place) | hf:DIR (a Hugging Face dataset on disk)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--shard-size", type=int, default=5000, help="samples per shard (default 5000)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="imagefolder: skip unreadable images and count them instead of failing")
+                   help="imagefolder, wds:, hf: skip unreadable images (and evaluation samples "
+                        "without a label) and count them instead of failing")
+    p.add_argument("--eval-source", metavar="SRC",
+                   help="wds: the evaluation split's shards, wds:PATTERN (default: no labeled "
+                        "evaluation split; accuracy is then unknown)")
+    p.add_argument("--copy", action="store_true",
+                   help="wds: write tidal_dist's own shards instead of indexing the shards in place")
+    p.add_argument("--image-key", metavar="KEY",
+                   help="wds: the image member(s), comma-separated, first present wins (default "
+                        "jpg,jpeg,png,webp,...); hf: the image column (default: the Image feature)")
+    p.add_argument("--label", metavar="WHERE",
+                   help="wds: cls (default), json:FIELD or none; hf: the label column (default: "
+                        "the ClassLabel feature, or 'label'), or none")
+    p.add_argument("--classes", metavar="FILE",
+                   help="class names, one per line in label order (an unlabeled pool needs them "
+                        "when nothing else names the classes)")
     p.add_argument("--base-url", metavar="URL",
                    help="where the shards will be served from (recorded in the manifest): a "
                         "folder, http(s)://HOST/PATH/, or a pipe: command with {shard}, e.g. "
@@ -118,8 +134,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not (out / "manifest.json").exists():  # a finished output is a no-op, even read-only
         check_output_location(out, "--out")  # before reading (or downloading) the source
     try:
+        source_options = {"eval_source": args.eval_source, "image_key": args.image_key,
+                          "label": args.label, "classes": args.classes}
         manifest = prepare(args.source, out, shard_size=args.shard_size, skip_bad=args.skip_bad,
-                           base_url=args.base_url)
+                           base_url=args.base_url, copy=args.copy, source_options=source_options)
     except OSError as e:
         if e.errno not in OUTPUT_ERRNOS:
             raise

@@ -105,9 +105,10 @@ def test_file_oracle_round_trip(synthetic_dataset, tmp_path):
     assert "waiting for labels" in first.stdout and "labels/cycle_0.csv" in first.stdout
     with open(run_dir / "queries" / "cycle_0.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and set(rows[0]) == {"id", "shard", "key", "score"}
+    assert len(rows) == 6 and set(rows[0]) == {"id", "shard", "key", "score", "original"}
     ids = [int(r["id"]) for r in rows]
     assert all(r["key"] == f"{int(r['id']):010d}" and r["shard"].endswith(".tar") for r in rows)
+    assert all(r["original"] == f"train/{r['id']}" for r in rows)  # the source's own index
 
     again = run_module(args)  # still no labels: same pause, nothing trained twice
     assert again.returncode == 3 and not (run_dir / "cycles" / "cycle_0001").exists()

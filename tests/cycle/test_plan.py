@@ -26,6 +26,9 @@ STAND_INS = {
     "fashion_mnist_study.yaml": ("synthetic:300,10,28x28,1", 200),
     "inat2018.yaml": ("synthetic:200,8142,16x12,3", 4096),
     "imagenet_timm.yaml": ("synthetic:200,1000,16x12,3", 4096),
+    # the templates for one's own data: any number of classes, images resized to 224
+    "custom_imagefolder.yaml": ("synthetic:200,5,16x12,3", 64),
+    "custom_wds.yaml": ("synthetic:200,10,16x12,3", 64),
 }
 # Configs that name a weights file: a random-init stand-in of the same architecture.
 WEIGHTS = {"imagenet_timm.yaml": "timm_resnet50_weights"}

@@ -93,3 +93,19 @@ def test_wids_index_is_readable_by_wids(synthetic_dataset, tmp_path):
     assert sample["__key__"] == "0000000150"
     assert int(sample[".cls"].read()) == load_labels(synthetic_dataset, "pool")[150]
     ds.close()
+
+
+def test_keys_and_a_manifest_written_before_keys(synthetic_dataset, copy_dataset):
+    from tidal_dist.data.manifest import Manifest, load_keys, original_keys
+
+    manifest = load_manifest(synthetic_dataset)
+    assert original_keys(synthetic_dataset, "test", np.array([203, 205])) == ["test/0", "test/2"]
+    data = manifest.to_dict()
+    assert "num_labeled" not in data["splits"]["pool"] and "shard_keys" not in data  # all known
+    old = copy_dataset(synthetic_dataset)
+    for split in data["splits"].values():  # as an earlier version wrote it
+        del split["keys_file"], split["keys_sha256"]
+    (old / "manifest.json").write_text(json.dumps(data))
+    assert Manifest.from_dict(data) == load_manifest(old) and load_keys(old, "pool") is None
+    assert original_keys(old, "pool", np.array([7])) == ["0000000007"]
+    assert verify(old) == [] and load_manifest(old).split("pool").fully_labeled

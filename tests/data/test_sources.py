@@ -112,9 +112,27 @@ def test_imagefolder_errors(tmp_path, write_image_folder):
     root = write_image_folder(tmp_path / "b", {"train": {"cat": 2}, "val": {"cat": 1, "cow": 1}})
     with pytest.raises(UserError, match=r"val/cow' has no counterpart"):
         open_source(f"imagefolder:{root}")
-    root = write_image_folder(tmp_path / "c", {"train": {"cat": 2}})
-    with pytest.raises(UserError, match=r"c/val' does not exist"):
+    root = write_image_folder(tmp_path / "c", {"val": {"cat": 2}})
+    with pytest.raises(UserError, match=r"c' has neither train/ .* nor pool/"):
         open_source(f"imagefolder:{root}")
+
+
+def test_imagefolder_without_val_has_an_empty_test_split(tmp_path, write_image_folder):
+    root = write_image_folder(tmp_path / "c", {"train": {"cat": 2, "dog": 1}})
+    source = open_source(f"imagefolder:{root}")
+    assert source.split_length("test") == 0 and source.split_length("pool") == 3
+    keys = [key for key, *_ in source.keyed_samples("pool")]
+    assert keys == sorted(p.relative_to(root).as_posix() for p in (root / "train").rglob("*.*"))
+
+
+def test_relative_missing_root_names_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=f"'{tmp_path}/no_such_folder' does not exist"):
+        open_source("imagefolder:no_such_folder")
+    from tidal_dist.data.manifest import load_manifest
+
+    with pytest.raises(UserError, match=f"relative path, looked up in {tmp_path}"):
+        load_manifest("no_such_dataset")
 
 
 def test_imagefolder_unreadable_image(tmp_path, write_image_folder):

@@ -73,7 +73,8 @@ def labeled_set_for(cfg: Config, manifest: Manifest, run_dir: Path,
     prev = cycle_dir(run_dir, k - 1)
     labeled, queried = load_npz(prev / "labeled.npz"), load_npz(prev / "queried.npz")
     if cfg.al.oracle == "file" and not queries_path(run_dir, k - 1).exists():
-        export_queries(run_dir, k - 1, manifest, queried["ids"], queried["reported"])
+        export_queries(run_dir, k - 1, manifest, queried["ids"], queried["reported"],
+                       root=cfg.data.root)
     new_labels = label_queries(cfg.al.oracle, run_dir, k - 1, manifest, cfg.data.root,
                                queried["ids"])
     ids = np.concatenate([labeled["ids"], queried["ids"]])
@@ -83,7 +84,8 @@ def labeled_set_for(cfg: Config, manifest: Manifest, run_dir: Path,
 
 
 def histogram(labels: np.ndarray, num_classes: int) -> list[int]:
-    return np.bincount(labels, minlength=num_classes).tolist()
+    """Per-class counts of the known labels (an unlabeled pool's -1s are not a class)."""
+    return np.bincount(labels[labels >= 0], minlength=num_classes).tolist()
 
 
 def _save_model(path: Path, model: torch.nn.Module) -> None:
@@ -128,8 +130,9 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
         val = evaluate(session, "pool", ids=validation_ids(session.cfg))
         out.update(val_accuracy=val["accuracy"], val_samples=val["num_samples"])
     out["seconds"]["evaluate"] = time.time() - t1
+    known = {} if metrics["accuracy"] is None else {"accuracy": metrics["accuracy"]}
     session.telemetry.phase(k, "evaluate", out["seconds"]["evaluate"], metrics["num_samples"],
-                            accuracy=metrics["accuracy"])
+                            **known)
     if acc.is_main_process:
         atomic_write_json(trained / "metrics.json", out)  # last: the phase marker
     acc.wait_for_everyone()
@@ -175,8 +178,10 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
             "subset_seed": subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
-            # Ground-truth classes of the queries where the shards have them (simulation only).
-            "queried_histogram": histogram(queried_labels, manifest.num_classes),
+            # Ground-truth classes of the queries where the shards have them (simulation only);
+            # None on a pool whose stored labels are incomplete: those classes are unknown.
+            "queried_histogram": (histogram(queried_labels, manifest.num_classes)
+                                  if manifest.pool_fully_labeled else None),
         })
         if module is not None:
             metrics["module_analysis"] = module
@@ -187,7 +192,8 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
         metrics["seconds"].update({"score": t1 - t0, "select": time.time() - t1})
         commit_cycle(run_dir, work, k, ids, labels, queried, merged, metrics)
         if cfg.al.oracle == "file":
-            export_queries(run_dir, k, manifest, queried["ids"], queried["reported"])
+            export_queries(run_dir, k, manifest, queried["ids"], queried["reported"],
+                           root=cfg.data.root)
         session.telemetry.cycle(k, cfg.al.cycles, metrics, cycle_dir(run_dir, k))
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -245,12 +251,17 @@ def write_results(run_dir: Path) -> dict:
     summary = {"run_dir": str(run_dir), "cycles": rows}
     atomic_write_json(run_dir / "results.json", summary)
     lines = ["| cycle | labeled | test accuracy | train s | score s |", "|---|---|---|---|---|"]
-    lines += [f"| {r['cycle']} | {r['labeled']} | {r['accuracy']:.4f} | "
+    lines += [f"| {r['cycle']} | {r['labeled']} | {accuracy_text(r['accuracy'])} | "
               f"{r['seconds']['train']:.1f} | {r['seconds']['score']:.1f} |" for r in rows]
     atomic_write(run_dir / "results.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     if rows:
         plot_accuracy(run_dir / "results.png", rows)
     return summary
+
+
+def accuracy_text(accuracy: float | None) -> str:
+    """None: the dataset has no labeled evaluation split."""
+    return "unknown (no labeled test split)" if accuracy is None else f"{accuracy:.4f}"
 
 
 def plot_accuracy(path: Path, rows: list[dict]) -> None:
@@ -261,7 +272,10 @@ def plot_accuracy(path: Path, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=150)
-    ax.plot([r["labeled"] for r in rows], [100 * r["accuracy"] for r in rows], marker="o")
+    known = [r for r in rows if r["accuracy"] is not None]
+    ax.plot([r["labeled"] for r in known], [100 * r["accuracy"] for r in known], marker="o")
+    if not known:
+        ax.set_title("test accuracy unknown: no labeled test split", fontsize=8)
     ax.set_xlabel("labeled samples")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -322,7 +336,7 @@ def run_main(cfg: Config, end_training: bool = True) -> int:
         last = summary["cycles"][-1] if summary["cycles"] else None
         if last:
             message = (f"{len(summary['cycles'])} cycles done; final accuracy "
-                       f"{last['accuracy']:.4f} with {last['labeled']} labels")
+                       f"{accuracy_text(last['accuracy'])} with {last['labeled']} labels")
             print(f"tidal-dist run: {message}; results in {run_dir}/results.md and "
                   f"{run_dir}/cycles/", flush=True)
             outcome.note(message)
@@ -347,7 +361,7 @@ def train_main(cfg: Config) -> int:
         atomic_write_json(run_dir / "train" / "metrics.json", {
             "labeled": len(labeled), "world_size": acc.num_processes, **metrics,
             "epochs": [e.to_dict() for e in result.epochs], "seconds": result.seconds})
-        log.info("test accuracy %.4f on %d samples; results in %s", metrics["accuracy"],
+        log.info("test accuracy %s on %d samples; results in %s", accuracy_text(metrics["accuracy"]),
                  metrics["num_samples"], run_dir / "train")
     acc.wait_for_everyone()
     acc.end_training()

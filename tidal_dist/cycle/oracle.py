@@ -2,7 +2,8 @@
 
 - simulated: the labels stored with the shards (every AL benchmark's setting).
 - file: a person labels. Cycle K's queries are exported to `queries/cycle_K.csv` (id, shard, key,
-  score); the run stops until `labels/cycle_K.csv` (id,label) exists, and re-running imports it.
+  score, original: the sample's file or key in the user's data); the run stops until
+  `labels/cycle_K.csv` (id,label) exists, and re-running imports it.
   The import is all-or-nothing: any bad row rejects the whole file, naming every problem.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tidal_dist.data.manifest import Manifest, load_labels
+from tidal_dist.data.manifest import Manifest, known_label_mask, load_labels, original_keys
 from tidal_dist.job.errors import UserError
 from tidal_dist.job.fsutil import atomic_write_text
 
@@ -33,13 +34,19 @@ def labels_path(run_dir: Path, cycle: int) -> Path:
 
 
 def export_queries(run_dir: Path, cycle: int, manifest: Manifest, ids: np.ndarray,
-                   scores: np.ndarray) -> Path:
+                   scores: np.ndarray, root: str | None = None) -> Path:
+    """`original`: the sample's key in the user's data (an image folder's relative path, a
+    WebDataset `__key__`, a Hugging Face row), read from the dataset at `root`; the 10-digit
+    id for a dataset prepared before keys were recorded."""
     split = manifest.split("pool")
+    originals = (original_keys(root, "pool", ids, manifest) if root is not None
+                 else [f"{i:010d}" for i in ids.tolist()])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "shard", "key", "score"])
-    for i, s in zip(ids.tolist(), scores.tolist()):
-        w.writerow([i, split.shard_of(i).url, f"{i:010d}", repr(float(s))])
+    w.writerow(["id", "shard", "key", "score", "original"])
+    for i, s, original in zip(ids.tolist(), scores.tolist(), originals):
+        key = original if manifest.in_place else f"{i:010d}"  # the sample's key in its shard
+        w.writerow([i, split.shard_of(i).url, key, repr(float(s)), original])
     return atomic_write_text(queries_path(run_dir, cycle), buf.getvalue())
 
 
@@ -134,8 +141,12 @@ def label_queries(kind: str, run_dir: Path, cycle: int, manifest: Manifest, root
                   ids: np.ndarray) -> np.ndarray:
     """Labels for the ids queried at `cycle`; LabelsPending while a person has not answered."""
     if kind == "simulated":
-        labels = load_labels(root, "pool")
-        return labels[ids - manifest.split("pool").first_id].astype(np.int64)
+        labels = load_labels(root, "pool")[ids - manifest.split("pool").first_id].astype(np.int64)
+        unknown = ids[~known_label_mask(labels)]
+        if len(unknown):  # cycle/plan.py refuses such a run up front; this guards the label read
+            raise UserError(f"al.oracle=simulated: {len(unknown)} queried id(s) have no stored "
+                            f"label (e.g. {unknown[:5].tolist()}); label them with al.oracle=file")
+        return labels
     path = labels_path(run_dir, cycle)
     if not path.exists():
         raise LabelsPending(

@@ -161,7 +161,9 @@ def _first_image_shape(cfg: Config, manifest: Manifest, split: str, train: bool)
 
 def check_images(cfg: Config, manifest: Manifest) -> tuple[int, ...]:
     train_shape = _first_image_shape(cfg, manifest, "pool", train=True)
-    eval_shape = _first_image_shape(cfg, manifest, "test", train=False)
+    # no evaluation split: scoring still reads pool images through the eval transform
+    eval_split = "test" if manifest.split("test").num_samples else "pool"
+    eval_shape = _first_image_shape(cfg, manifest, eval_split, train=False)
     if train_shape != eval_shape:
         raise UserError(
             f"config keys 'data.train_transform' ({cfg.data.train_transform}) and "
@@ -374,8 +376,16 @@ def make_plan(cfg: Config, world_size: int, check_disk: bool = True) -> Plan:
     if manifest.num_classes < 2:
         raise UserError(f"data.root '{root}': dataset '{manifest.dataset}' has "
                         f"{manifest.num_classes} class; classification needs at least 2")
+    pool = manifest.split("pool")
+    if cfg.al.oracle == "simulated" and not pool.fully_labeled:
+        raise UserError(f"config key 'al.oracle': simulated answers each query with the label "
+                        f"stored in the dataset, and data.root '{root}' has labels for only "
+                        f"{pool.labeled_count} of its {pool.num_samples} pool samples (an unlabeled "
+                        f"pool); use al.oracle=file: a person labels each cycle's queries")
     if manifest.split("test").num_samples < 1:
-        raise UserError(f"data.root '{root}': the test split is empty; evaluation needs samples")
+        warnings.append(f"data.root '{root}' has no labeled evaluation split: the run selects "
+                        f"as usual and test accuracy is unknown (prepare with val/ or "
+                        f"--eval-source for one)")
     strategy = get_strategy(cfg.al.strategy)
     shape = check_images(cfg, manifest)
     per_rank = check_batch(cfg, world_size, warnings)

@@ -196,12 +196,21 @@ class ShardStream:
         if not self._done:
             self._stop()
 
-    def samples(self) -> Iterator[tuple[int, dict[str, bytes]]]:
+    def samples(self, keys_are_ids: bool = True) -> Iterator[tuple[int, dict[str, bytes]]]:
+        """keys_are_ids False (a user's shard used in place): the id is the shard's first id plus
+        the sample's position, the positions the manifest says were skipped left out."""
         files = tar_file_expander([{"url": self.url, "stream": self._reader}])
+        skipped = set(self.shard.skipped_positions)
+        next_id = self.shard.first_id
         try:
-            for sample in group_by_keys(files):
+            for position, sample in enumerate(group_by_keys(files)):
                 key = sample.pop("__key__")
                 sample.pop("__url__", None)
+                if not keys_are_ids:
+                    if position not in skipped:
+                        yield next_id, sample
+                        next_id += 1
+                    continue
                 if not key.isdigit():
                     raise UserError(f"shard '{self.url}': sample key '{key}' is not an id (not a "
                                     f"shard written by `tidal-dist prepare`)")

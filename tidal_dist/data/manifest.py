@@ -4,7 +4,18 @@ A prepared folder holds, per split ('pool', 'test'):
     {split}-000000.tar ...   WebDataset shards; sample key = the global id as 10 digits
     {split}-labels.npy       int64 labels, index = id - first_id
     {split}.wids.json        the wids shard index (for wids.ShardListDataset and its tools)
-and manifest.json, written last: its presence marks the folder complete. A manifest may name a
+    {split}-keys.json        each sample's original key or relative file path (JSON list,
+                             index = id - first_id): how a user finds their file from an id
+and manifest.json, written last: its presence marks the folder complete.
+
+Known labels: a label of -1 (UNKNOWN_LABEL) means nobody has labeled that sample yet (an unlabeled
+or partly labeled pool); the split's `num_labeled` counts the others. An older manifest without
+`num_labeled` holds labels for every sample.
+
+Shards used in place (`prepare --source wds:PATTERN`): `shard_keys` is 'original', the shards are
+the user's own files (their keys are the user's, ids follow the file order, a shard's
+`skipped_positions` are samples left out with --skip-bad), the label is read from the labels file
+and the image is the first of `image_keys` that a sample holds. A manifest may name a
 `base_url` where the shards are served from instead (object storage, HTTP; `prepare --base-url`):
 the shard urls are then relative to it, see data/locations.py.
 
@@ -27,6 +38,7 @@ from tidal_dist.job.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+UNKNOWN_LABEL = -1
 
 
 def file_sha256(path: str | Path) -> str:
@@ -42,6 +54,21 @@ class ShardInfo:
     last_id: int
     sha256: str
     bytes: int
+    # in-place shards: tar positions of samples left out (--skip-bad); the tar holds
+    # nsamples + len(skipped_positions) samples
+    skipped_positions: tuple[int, ...] = ()
+
+    def position_of(self, sample_id: int) -> int:
+        """The tar position of `sample_id` (its index among the shard's samples)."""
+        position = sample_id - self.first_id
+        for skipped in self.skipped_positions:  # ascending
+            if skipped <= position:
+                position += 1
+        return position
+
+    @property
+    def tar_samples(self) -> int:
+        return self.nsamples + len(self.skipped_positions)
 
 
 @dataclass(frozen=True)
@@ -55,10 +82,21 @@ class SplitInfo:
     labels_file: str
     labels_sha256: str
     wids_index: str
+    keys_file: str | None = None  # original keys / relative paths, index = id - first_id
+    keys_sha256: str | None = None
+    num_labeled: int | None = None  # samples with a known label; None: all of them (older manifests)
     _shard_starts: list[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_shard_starts", [s.first_id for s in self.shards])
+
+    @property
+    def labeled_count(self) -> int:
+        return self.num_samples if self.num_labeled is None else self.num_labeled
+
+    @property
+    def fully_labeled(self) -> bool:
+        return self.labeled_count == self.num_samples
 
     def ids(self) -> np.ndarray:
         return np.arange(self.first_id, self.last_id + 1, dtype=np.int64)
@@ -95,6 +133,8 @@ class Manifest:
     skipped: int  # unreadable images left out (skip_bad)
     splits: dict[str, SplitInfo]
     base_url: str | None = None  # where the shards are served from; None: next to this manifest
+    shard_keys: str = "id"  # 'id': keys are the 10-digit ids; 'original': the user's shards in place
+    image_keys: tuple[str, ...] | None = None  # 'original': the members tried as the image, in order
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -110,20 +150,47 @@ class Manifest:
         data = asdict(self)
         for split in data["splits"].values():
             split.pop("_shard_starts", None)
+            _drop_defaults(split, ("keys_file", "keys_sha256", "num_labeled"), None)
+            for shard in split["shards"]:
+                shard["skipped_positions"] = list(shard["skipped_positions"])
+                _drop_defaults(shard, ("skipped_positions",), [])
         data["image_size"] = list(self.image_size) if self.image_size else None
-        if data["base_url"] is None:
-            del data["base_url"]  # a local dataset's manifest stays what earlier versions wrote
+        if data["image_keys"] is not None:
+            data["image_keys"] = list(data["image_keys"])
+        # Fields left at their defaults are not written: a dataset that uses none of them has
+        # the manifest earlier versions wrote (a local dataset has no base_url, and so on).
+        _drop_defaults(data, ("base_url", "image_keys"), None)
+        _drop_defaults(data, ("shard_keys",), "id")
         return data
+
+    @property
+    def in_place(self) -> bool:
+        """The shards are the user's own, indexed where they are."""
+        return self.shard_keys == "original"
+
+    @property
+    def pool_fully_labeled(self) -> bool:
+        return self.split("pool").fully_labeled
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Manifest:
         fields = dict(data)
         fields["splits"] = {
-            name: SplitInfo(**{**split, "shards": tuple(ShardInfo(**s) for s in split["shards"])})
+            name: SplitInfo(**{**split, "shards": tuple(
+                ShardInfo(**{**s, "skipped_positions": tuple(s.get("skipped_positions", ()))})
+                for s in split["shards"])})
             for name, split in data["splits"].items()
         }
         fields["image_size"] = tuple(data["image_size"]) if data["image_size"] else None
+        if fields.get("image_keys") is not None:
+            fields["image_keys"] = tuple(fields["image_keys"])
         return Manifest(**fields)
+
+
+def _drop_defaults(data: dict[str, Any], names: tuple[str, ...], default: Any) -> None:
+    for name in names:
+        if data.get(name) == default:
+            del data[name]
 
 
 def load_manifest(root: str | Path) -> Manifest:
@@ -134,7 +201,8 @@ def load_manifest(root: str | Path) -> Manifest:
         else:
             hint = (f"; write one there with `tidal-dist prepare --source SRC --out {root}` "
                     f"(the README lists the sources), or give the folder of a prepared one")
-        raise UserError(f"'{path}' does not exist: '{root}' is not a dataset written by "
+        where = "" if Path(root).is_absolute() else f" (a relative path, looked up in {Path.cwd()})"
+        raise UserError(f"'{path}' does not exist{where}: '{root}' is not a dataset written by "
                         f"`tidal-dist prepare`{hint}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -162,6 +230,39 @@ def load_labels(root: str | Path, split: str, manifest: Manifest | None = None) 
         raise UserError(f"labels file '{path}': shape {labels.shape} {labels.dtype}, the manifest "
                         f"expects ({info.num_samples},) int64")
     return labels
+
+
+def load_keys(root: str | Path, split: str, manifest: Manifest | None = None) -> list[str] | None:
+    """Each sample's original key or relative file path (index = id - first_id); None for a
+    dataset prepared before keys were recorded."""
+    info = (manifest or load_manifest(root)).split(split)
+    if info.keys_file is None:
+        return None
+    path = Path(root) / info.keys_file
+    try:
+        keys = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"keys file '{path}' cannot be read: {e}") from None
+    if not isinstance(keys, list) or len(keys) != info.num_samples:
+        raise UserError(f"keys file '{path}': expected a list of {info.num_samples} keys")
+    return keys
+
+
+def original_keys(root: str | Path, split: str, ids: np.ndarray,
+                  manifest: Manifest | None = None) -> list[str]:
+    """The original key of each id (the 10-digit id itself for a dataset without a keys file)."""
+    manifest = manifest or load_manifest(root)
+    keys = load_keys(root, split, manifest)
+    first = manifest.split(split).first_id
+    ids = np.asarray(ids, dtype=np.int64)
+    if keys is None:
+        return [f"{i:010d}" for i in ids.tolist()]
+    return [keys[i - first] for i in ids.tolist()]
+
+
+def known_label_mask(labels: np.ndarray) -> np.ndarray:
+    """True where a sample's label is known (not UNKNOWN_LABEL)."""
+    return np.asarray(labels) >= 0
 
 
 def local_shard_problem(path: Path, shard: ShardInfo) -> str | None:
@@ -195,6 +296,12 @@ def verify(root: str | Path,
             problems.append(f"labels file '{labels_path}' is missing")
         elif file_sha256(labels_path) != split.labels_sha256:
             problems.append(f"labels file '{labels_path}': sha256 does not match the manifest")
+        if split.keys_file is not None:
+            keys_path = root / split.keys_file
+            if not keys_path.is_file():
+                problems.append(f"keys file '{keys_path}' is missing")
+            elif file_sha256(keys_path) != split.keys_sha256:
+                problems.append(f"keys file '{keys_path}': sha256 does not match the manifest")
         if not (root / split.wids_index).is_file():
             problems.append(f"wids index '{root / split.wids_index}' is missing")
     return problems
@@ -211,11 +318,14 @@ def summary(manifest: Manifest) -> str:
         f"skip_bad={manifest.options.get('skip_bad')}; skipped {manifest.skipped} unreadable",
     ]
     if manifest.base_url is not None:
-        lines.append(f"shards    served from {manifest.base_url}")
+        lines.append(f"shards    {'used in place at' if manifest.in_place else 'served from'} "
+                     f"{manifest.base_url}")
     for split in manifest.splits.values():
         total = sum(s.bytes for s in split.shards)
         hist = split.label_histogram
         spread = f"per class {min(hist)}..{max(hist)}" if hist else "no classes"
+        if not split.fully_labeled:
+            spread += f"; labels known for {split.labeled_count} of {split.num_samples}"
         lines.append(f"{split.name:<9} {split.num_samples} samples, ids {split.first_id}..{split.last_id}, "
                      f"{len(split.shards)} shards, {total / 1e6:.1f} MB, {spread}")
     return "\n".join(lines)

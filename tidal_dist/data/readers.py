@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 from wids.wids import IndexedTarSamples
 
 from tidal_dist.data.locations import ShardSource, ShardStream
-from tidal_dist.data.manifest import ShardInfo, SplitInfo, file_sha256, load_manifest
+from tidal_dist.data.manifest import Manifest, ShardInfo, SplitInfo, file_sha256, load_labels, load_manifest
 from tidal_dist.data.shard_cache import ShardCache
 from tidal_dist.job import distributed
 from tidal_dist.job.errors import UserError
@@ -65,6 +65,27 @@ def _split_sample(files: dict[str, bytes], sample_id: int, where: str) -> tuple[
     return label, image
 
 
+class SampleParser:
+    """(label, image bytes) of a sample's members: from the .cls and the one image of a shard
+    `prepare` wrote, or, for a user's shards used in place, the first of the manifest's
+    image_keys and the label from the labels file (-1: unknown)."""
+
+    def __init__(self, root: Path, manifest: Manifest, info: SplitInfo) -> None:
+        self.image_keys = manifest.image_keys if manifest.in_place else None
+        self.first_id = info.first_id
+        self.labels = load_labels(root, info.name, manifest) if manifest.in_place else None
+
+    def __call__(self, files: dict[str, bytes], sample_id: int, where: str) -> tuple[int, bytes]:
+        if self.image_keys is None:
+            return _split_sample(files, sample_id, where)
+        ext = next((k for k in self.image_keys if k in files), None)
+        if ext is None:
+            raise UserError(f"{where}: sample {sample_id} has none of the image members "
+                            f"{', '.join(self.image_keys)} (found {sorted(files)}); the shard "
+                            f"changed since prepare?")
+        return int(self.labels[sample_id - self.first_id]), files[ext]
+
+
 def _apply(transform: Transform, image: bytes, sample_id: int, where: str) -> torch.Tensor:
     try:
         return transform(image)
@@ -86,6 +107,7 @@ class RandomAccessReader:
         self.transform = transform
         self.verify = verify
         self.max_open_shards = max_open_shards
+        self.parse = SampleParser(self.root, self.manifest, self.info)
         self._open: OrderedDict[int, IndexedTarSamples] = OrderedDict()  # LRU of open shards
         self._pid = os.getpid()
 
@@ -130,9 +152,9 @@ class RandomAccessReader:
         except Exception as e:  # wids asserts / struct errors on a damaged tar
             raise UserError(f"shard '{path}' cannot be read as a tar file "
                             f"({type(e).__name__}: {e})") from None
-        if len(tar) != shard.nsamples:
+        if len(tar) != shard.tar_samples:
             tar.close()
-            raise UserError(f"shard '{path}' holds {len(tar)} samples, the manifest says {shard.nsamples}")
+            raise UserError(f"shard '{path}' holds {len(tar)} samples, the manifest says {shard.tar_samples}")
         self._open[index] = tar
         if len(self._open) > self.max_open_shards:
             self._open.popitem(last=False)[1].close()
@@ -143,13 +165,13 @@ class RandomAccessReader:
         index = self.info.shard_index_of(sample_id)  # UserError naming the id if not in the split
         shard = self.info.shards[index]
         where = f"shard '{self.source.url(shard)}'"
-        sample = self._shard(index)[sample_id - shard.first_id]
+        sample = self._shard(index)[shard.position_of(sample_id)]
         key = sample.pop("__key__")
-        if key != f"{sample_id:010d}":
+        if not self.manifest.in_place and key != f"{sample_id:010d}":
             raise UserError(f"{where}: expected sample key {sample_id:010d}, found {key}")
         # wids keys the files by extension with its leading dot
         files = {ext.lstrip("."): stream.read() for ext, stream in sample.items()}
-        return _split_sample(files, sample_id, where)
+        return self.parse(files, sample_id, where)
 
     def __getitem__(self, sample_id: int) -> Sample:
         sample_id = int(sample_id)
@@ -206,6 +228,8 @@ class StreamingDataset(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise UserError(f"rank {self.rank} is outside world size {self.world_size}")
         self.verify = verify
+        self.parse = SampleParser(self.root, manifest, self.info)
+        self.keys_are_ids = not manifest.in_place
 
     @staticmethod
     def assigned_ids(ids: np.ndarray, rank: int, world_size: int, num_workers: int) -> list[np.ndarray]:
@@ -242,12 +266,12 @@ class StreamingDataset(IterableDataset):
         where = f"shard '{self.source.url(shard)}'"
         position = 0
         with self._open(shard) as stream:
-            for sample_id, files in stream.samples():
+            for sample_id, files in stream.samples(self.keys_are_ids):
                 if sample_id < wanted[position]:
                     continue
                 if sample_id > wanted[position]:
                     break
-                label, image = _split_sample(files, sample_id, where)
+                label, image = self.parse(files, sample_id, where)
                 yield sample_id, _apply(self.transform, image, sample_id, where), label
                 position += 1
                 if position == len(wanted):

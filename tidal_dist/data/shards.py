@@ -4,6 +4,10 @@ Atomicity: everything is written into the sibling folder OUT.partial and renamed
 so OUT either does not exist or is complete (manifest.json is written last, inside OUT.partial).
 A run that was killed leaves OUT.partial behind; the next run says so, removes it and starts over.
 
+Shards used in place (`wds:` sources without `copy`): data/wds_source.py scans the user's shards
+once (sha256, keys, labels, decodable images) and `index_in_place` writes only the small files
+(labels, keys, wids index, manifest) into OUT; no image is copied or re-encoded.
+
 `base_url` records in the manifest where the shards will be served from (data/locations.py); the
 shards are still written to OUT, for the user to upload. It does not change the shards, so
 preparing a finished output again with another base_url only rewrites its manifest.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -23,10 +28,12 @@ from typing import IO, Any
 import numpy as np
 import webdataset as wds
 
+from tidal_dist.data.hf_source import HfSource
 from tidal_dist.data.locations import check_base_url
 from tidal_dist.data.manifest import (FORMAT_VERSION, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo,
-                                      load_manifest)
+                                      known_label_mask, load_manifest)
 from tidal_dist.data.sources import SPLITS, Source, SourceSpec, open_source, parse_spec
+from tidal_dist.data.wds_source import WdsSource
 from tidal_dist.job.errors import UserError
 from tidal_dist.job.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
 from tidal_dist.telemetry.progress import progress as progress_output
@@ -96,12 +103,13 @@ def _write_split(source: Source, split: str, folder: Path, first_id: int, shard_
                  progress: bool) -> SplitInfo:
     shards: list[ShardInfo] = []
     labels: list[int] = []
+    keys: list[str] = []
     sink: _ShardSink | None = None
     bar = progress_output(total=source.split_length(split), desc=f"prepare {split}", unit="img",
                           enabled=progress)
     try:
         with bar:
-            for label, data, ext in source.samples(split):
+            for key, label, data, ext in source.keyed_samples(split):
                 if sink is None or sink.count == shard_size:
                     if sink is not None:
                         shards.append(sink.close())
@@ -109,6 +117,7 @@ def _write_split(source: Source, split: str, folder: Path, first_id: int, shard_
                                       first_id + len(labels))
                 sink.write(first_id + len(labels), label, data, ext)
                 labels.append(label)
+                keys.append(key)
                 bar.update(1)
         if sink is not None:
             shards.append(sink.close())
@@ -117,46 +126,75 @@ def _write_split(source: Source, split: str, folder: Path, first_id: int, shard_
         if sink is not None:
             sink.abandon()
         raise
+    return write_split_index(source, split, folder, first_id, tuple(shards), labels, keys,
+                             [{"url": s.url, "nsamples": s.nsamples, "filesize": s.bytes} for s in shards])
 
+
+def write_split_index(source: Source, split: str, folder: Path, first_id: int,
+                      shards: tuple[ShardInfo, ...], labels: list[int], keys: list[str],
+                      wids_shardlist: list[dict[str, Any]]) -> SplitInfo:
+    """The labels, keys and wids index of one split, and its SplitInfo."""
     label_array = np.asarray(labels, dtype=np.int64)
     buffer = io.BytesIO()
     np.save(buffer, label_array, allow_pickle=False)
     labels_file = f"{split}-labels.npy"
     atomic_write_bytes(folder / labels_file, buffer.getvalue())
+    keys_file = f"{split}-keys.json"
+    keys_bytes = json.dumps(keys, ensure_ascii=False).encode("utf-8")
+    atomic_write_bytes(folder / keys_file, keys_bytes)
 
     wids_index = f"{split}.wids.json"
     atomic_write_json(folder / wids_index, {
         "__kind__": WIDS_KIND,
         "wids_version": 1,
         "name": f"{source.name}-{split}",
-        # urls relative to this file's folder: wids resolves them against the index's location
-        "shardlist": [{"url": s.url, "nsamples": s.nsamples, "filesize": s.bytes} for s in shards],
+        # relative urls are resolved by wids against this file's folder
+        "shardlist": wids_shardlist,
     })
-    histogram = np.bincount(label_array, minlength=len(source.class_names))
+    known = label_array[known_label_mask(label_array)]
+    histogram = np.bincount(known, minlength=len(source.class_names))
     return SplitInfo(
-        name=split, shards=tuple(shards), num_samples=len(labels), first_id=first_id,
+        name=split, shards=shards, num_samples=len(labels), first_id=first_id,
         last_id=first_id + len(labels) - 1, label_histogram=[int(v) for v in histogram],
         labels_file=labels_file, labels_sha256=hashlib.sha256(buffer.getvalue()).hexdigest(),
-        wids_index=wids_index,
+        wids_index=wids_index, keys_file=keys_file,
+        keys_sha256=hashlib.sha256(keys_bytes).hexdigest(),
+        num_labeled=None if len(known) == len(label_array) else int(len(known)),
     )
 
 
 def _write_dataset(source: Source, spec_text: str, folder: Path, options: dict[str, Any],
-                   base_url: str | None, progress: bool) -> Manifest:
+                   base_url: str | None, progress: bool, in_place: bool = False) -> Manifest:
     splits: dict[str, SplitInfo] = {}
     next_id = 0
     for split in SPLITS:
-        splits[split] = _write_split(source, split, folder, next_id, options["shard_size"], progress)
+        if in_place:
+            splits[split] = source.index_split(split, folder, next_id, write_split_index)
+        else:
+            splits[split] = _write_split(source, split, folder, next_id, options["shard_size"], progress)
         next_id += splits[split].num_samples
+    if in_place:
+        base_url = source.shard_base
     manifest = Manifest(
         format_version=FORMAT_VERSION, dataset=source.name, source=spec_text,
         source_canonical=source.spec.canonical, options=dict(options),
         class_names=list(source.class_names), num_classes=len(source.class_names), mode=source.mode,
         image_size=source.image_size, mean=source.mean, std=source.std, skipped=source.skipped,
-        splits=splits, base_url=base_url,
+        splits=splits, base_url=base_url, shard_keys="original" if in_place else "id",
+        image_keys=tuple(source.image_keys) if in_place else None,
     )
     atomic_write_json(folder / MANIFEST_NAME, manifest.to_dict())  # last: marks the folder complete
     return manifest
+
+
+def open_any_source(spec: str, skip_bad: bool = False, options: dict[str, Any] | None = None) -> Source:
+    """sources.open_source, and the sources of existing collections built on it (wds:, hf:)."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "wds":
+        return WdsSource(parsed, skip_bad, **(options or {}))
+    if parsed.kind == "hf":
+        return HfSource(parsed, skip_bad, **(options or {}))
+    return open_source(spec, skip_bad=skip_bad, options=options)
 
 
 def _existing_output(out: Path, spec: SourceSpec, options: dict[str, Any]) -> Manifest | None:
@@ -182,16 +220,30 @@ def _existing_output(out: Path, spec: SourceSpec, options: dict[str, Any]) -> Ma
 
 
 def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000,
-            skip_bad: bool = False, progress: bool = True, base_url: str | None = None) -> Manifest:
+            skip_bad: bool = False, progress: bool = True, base_url: str | None = None,
+            copy: bool = False, source_options: dict[str, Any] | None = None) -> Manifest:
     """Write `source_spec` as shards into `out_dir`; a no-op if it is already there (apart from
-    recording a new `base_url`)."""
+    recording a new `base_url`). A `wds:` source is indexed in place unless `copy`.
+    `source_options` (only those set): classes (a class-names file), eval_source, image_key, label."""
     if shard_size < 1:
         raise UserError(f"shard_size must be >= 1 (got {shard_size})")
     if base_url is not None:
         check_base_url(base_url, "--base-url")
     spec = parse_spec(source_spec)
+    in_place = spec.kind == "wds" and not copy
+    if copy and spec.kind != "wds":
+        raise UserError(f"--copy applies to wds: sources (the others are always written as shards)")
+    if in_place and base_url is not None:
+        raise UserError("--base-url: shards used in place stay where they are (the manifest points "
+                        "at them); with --copy, prepare writes its own shards for you to serve")
     out = Path(out_dir).absolute()
-    options = {"shard_size": shard_size, "skip_bad": skip_bad}
+    source_options = {k: v for k, v in (source_options or {}).items() if v is not None}
+    if source_options.get("classes") is not None:
+        source_options["classes"] = str(Path(source_options["classes"]).absolute())
+    # Options at their defaults are not recorded: a dataset prepared before they existed matches.
+    options = {"shard_size": shard_size, "skip_bad": skip_bad, **source_options}
+    if in_place:
+        options["in_place"] = True
     existing = _existing_output(out, spec, options)
     if existing is not None:
         if base_url is not None and base_url != existing.base_url:
@@ -208,10 +260,13 @@ def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000
     if partial.exists():
         print(f"{partial}: left over from an interrupted prepare; removing it and starting again")
         shutil.rmtree(partial)
-    source = open_source(source_spec, skip_bad=skip_bad)  # errors here leave nothing behind
+    # errors here leave nothing behind (a wds: source reads every shard once in here)
+    source = open_any_source(source_spec, skip_bad=skip_bad, options=source_options)
+    if spec.kind == "wds":
+        source.scan(progress)  # every shard read once, with a progress bar, before anything is written
     partial.mkdir(parents=True)
     try:
-        manifest = _write_dataset(source, source_spec, partial, options, base_url, progress)
+        manifest = _write_dataset(source, source_spec, partial, options, base_url, progress, in_place)
     except BaseException:
         # A clean failure removes its own leftovers; a killed process cannot, and the next run
         # finds OUT.partial and starts over.
@@ -224,7 +279,8 @@ def prepare(source_spec: str, out_dir: str | os.PathLike, shard_size: int = 5000
     if progress:
         print(f"{out}: {manifest.num_samples} samples in "
               f"{sum(len(s.shards) for s in manifest.splits.values())} shards"
-              + (f", {manifest.skipped} unreadable images skipped" if manifest.skipped else ""))
+              + (f", {manifest.skipped} unreadable images skipped" if manifest.skipped else "")
+              + (" (shards indexed in place, nothing copied)" if in_place else ""))
         if base_url is not None:
             print(f"copy the shards ({out}/*.tar) to {base_url}; keep {out} (manifest, labels, "
                   f"indexes) as data.root")

@@ -1,14 +1,19 @@
-"""Batched image decode + eval transform with torchvision.io, on the GPU when there is one.
+"""Batched image decode + eval transform with TorchCodec, on the GPU when there is one.
 
 Pool scoring at ImageNet scale is bound by JPEG decode on the CPU. Image-folder datasets keep the
 original JPEG bytes in the shards, so the loader workers only read bytes, and the batch is decoded
-by nvJPEG (`torchvision.io.decode_jpeg(..., device="cuda")`), resized, center-cropped and
+by nvJPEG (`torchcodec.decoders.decode_jpeg(..., device="cuda")`), resized, center-cropped and
 normalised on the device. The same code runs with device="cpu" (libjpeg-turbo), which is what
 the tests compare with the PIL path: same geometry (short side to the eval size, center crop),
 bilinear antialiased resize, so values agree within a few grey levels, not bit for bit.
 
-Bytes that are not JPEG (PNG files in an image folder) are decoded on the CPU by
-torchvision.io.decode_image and join the batch on the device.
+Bytes that are not JPEG (PNG files in an image folder) are decoded on the CPU by decode_image and
+join the batch on the device.
+
+TorchCodec (0.17, the wheel built for the pinned torch) is the maintained home of these decoders:
+torchvision 0.29 deprecates its own (`torchvision.io`), which decode the same pixels. Where the
+TorchCodec wheel cannot be imported (no wheel for the platform, a library it cannot load), the
+decoders fall back to torchvision.io and DECODER_NOTE says why (docs/decoding.md).
 """
 
 from __future__ import annotations
@@ -16,18 +21,24 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from tidal_dist.data.manifest import Manifest
 from tidal_dist.job.errors import UserError
 
+try:
+    from torchcodec.decoders import ImageReadMode, decode_image, decode_jpeg
+    DECODER, DECODER_NOTE = "torchcodec", None
+except (ImportError, OSError, RuntimeError) as e:  # a missing wheel, or its libraries failing to load
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    DECODER, DECODER_NOTE = "torchvision.io", f"TorchCodec unavailable ({type(e).__name__}: {e})"
+    # The fallback is the deprecated torchvision.io on purpose (DECODER_NOTE says why): its
+    # notice would repeat on every worker and say nothing the note does not.
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+
 _JPEG_MAGIC = b"\xff\xd8\xff"
-# torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are what the
-# pinned stack ships with nvJPEG support, so the notice is silenced here, not in the user's log.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
 
 
 def raw_bytes(data: bytes) -> torch.Tensor:
@@ -92,9 +103,9 @@ class TensorDecoder:
 
 def use_tensor_decode(setting: str, manifest: Manifest, on_gpu: bool) -> bool:
     """data.decode: 'tensor' always, 'pil' never, 'auto' on a GPU for datasets that keep the
-    original (JPEG) bytes, i.e. image folders."""
+    original (JPEG) bytes: image folders, WebDataset shards and Hugging Face datasets."""
     if setting == "tensor":
         return True
     if setting == "pil":
         return False
-    return on_gpu and manifest.source_canonical.startswith("imagefolder:")
+    return on_gpu and manifest.source_canonical.startswith(("imagefolder:", "wds:", "hf:"))

@@ -143,6 +143,10 @@ def load_run(path: Path, notes: list[str]) -> Run | None:
     if not cycles:
         notes.append(f"{path}: no committed cycle yet, left out")
         return None
+    if any(c.get("accuracy", 0.0) is None for c in cycles):  # a dataset without a labeled test split
+        notes.append(f"{path}: test accuracy unknown (its dataset has no labeled test split), "
+                     f"left out; its selections are in {path}/cycles/ and queries/")
+        return None
     unfinished = unfinished_note(path, len(cycles), config)
     if unfinished:
         notes.append(unfinished)

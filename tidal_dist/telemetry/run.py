@@ -105,8 +105,10 @@ class Telemetry:
         total = sum(seconds.values())
         self._cycle_seconds.append(total)
         eta = (cycles - cycle - 1) * sum(self._cycle_seconds) / len(self._cycle_seconds)
-        log.info("cycle %d/%d committed in %s: accuracy %.4f with %s labels, %s queried -> %s; "
-                 "run ETA %s", cycle + 1, cycles, format_duration(total), metrics.get("accuracy", 0.0),
+        accuracy = metrics.get("accuracy")
+        log.info("cycle %d/%d committed in %s: accuracy %s with %s labels, %s queried -> %s; "
+                 "run ETA %s", cycle + 1, cycles, format_duration(total),
+                 "unknown" if accuracy is None else f"{accuracy:.4f}",
                  metrics.get("labeled"), metrics.get("queried"), where, format_duration(eta))
 
     def close(self) -> None:

@@ -15,8 +15,11 @@ from tidal_dist.training.inference import predict
 
 
 def evaluate(session, split: str = "test", ids: np.ndarray | None = None) -> dict:
-    """Top-1 accuracy on `split` (or on `ids` of it: the validation hold-out of the pool)."""
+    """Top-1 accuracy on `split` (or on `ids` of it: the validation hold-out of the pool).
+    An empty split (a dataset without a labeled evaluation split) has no accuracy: None."""
     acc = session.accelerator
+    if ids is None and session.manifest.split(split).num_samples == 0:
+        return {"accuracy": None, "correct": 0, "num_samples": 0}
     counts = torch.zeros(2, dtype=torch.int64, device=acc.device)  # correct, seen
     for _ids, y, out in predict(session, split, session.cfg.train.eval_batch_size, ids=ids):
         y = y.to(acc.device)
