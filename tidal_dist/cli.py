@@ -172,14 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # config errors before the heavy imports
     if args.dry_run:
         return _dry_run(args, cfg)
-    from tidal_dist.cycle.lifecycle import run_command
+    from tidal_dist.api.experiment import execute
 
-    def body() -> int:
-        from tidal_dist.cycle.loop import train_main
-
-        return train_main(cfg)
-
-    return run_command(cfg, "train", body)
+    return execute(cfg, "train", in_process=False)  # the API's path; the process ends after it
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -188,14 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         return _dry_run(args, cfg)
-    from tidal_dist.cycle.lifecycle import run_command
+    from tidal_dist.api.experiment import execute
 
-    def body() -> int:
-        from tidal_dist.cycle.loop import run_main
-
-        return run_main(cfg)
-
-    return run_command(cfg, "run", body)
+    return execute(cfg, "run", in_process=False)  # the API's path; the process ends after it
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
