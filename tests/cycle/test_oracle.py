@@ -1,6 +1,7 @@
 """Oracles: the file oracle's export / import round trip, and every bad labels file."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -106,3 +107,77 @@ def test_file_oracle_round_trip(synthetic_dataset, tmp_path):
         got = dict(zip(lab["ids"].tolist(), lab["labels"].tolist()))
     assert all(got[i] == human[i] for i in ids)
     assert (run_dir / "queries" / "cycle_1.csv").exists()  # the next batch to label, if extended
+
+
+def ls_task(task_id, tidal_id, *choices, cancelled=False):
+    """A task as Label Studio's JSON export writes it, one annotation per choice."""
+    return {"id": task_id, "data": {"image": f"/data/local-files/?d=q/{tidal_id}.png",
+                                    "tidal_id": tidal_id},
+            "annotations": [{"id": 100 * task_id + n, "completed_by": 1, "was_cancelled": cancelled,
+                             "result": [{"from_name": "label", "to_name": "image",
+                                         "type": "choices", "value": {"choices": [c]}}]}
+                            for n, c in enumerate(choices)],
+            "predictions": []}
+
+
+def test_label_studio_exports_are_read_directly(tmp_path, manifest):
+    names = manifest.class_names
+    want = [3, 0, 2]  # for QUERIED 4, 9, 17
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps([ls_task(1, 17, names[2]), ls_task(2, 4, names[3], names[3]),
+                                ls_task(3, 9, names[0])]))
+    assert read_labels_file(full, QUERIED, manifest).tolist() == want
+    # JSON-MIN: its `id` is Label Studio's task id; ours is `tidal_id`
+    flat = tmp_path / "min.json"
+    flat.write_text(json.dumps([{"image": "x", "id": 1, "tidal_id": 17, "label": names[2],
+                                 "annotator": 1, "lead_time": 1.5},
+                                {"image": "x", "id": 2, "tidal_id": 4, "label": names[3]},
+                                {"image": "x", "id": 3, "tidal_id": 9,
+                                 "label": {"choices": [names[0]]}}]))
+    assert read_labels_file(flat, QUERIED, manifest).tolist() == want
+    # CSV export: many columns, in Label Studio's order, label not second
+    p = write_labels(tmp_path / "ls.csv",
+                     [(7, "", 1, 1, "x.png", 3, names[2], 17), (8, "", 2, 2, "y.png", 1,
+                      names[3], 4), (9, "", 3, 3, "z.png", 2, names[0], 9)],
+                     header=("annotation_id", "annotator", "created_at", "id", "image",
+                             "lead_time", "label", "tidal_id"))
+    assert read_labels_file(p, QUERIED, manifest).tolist() == want
+    # our own file, columns swapped
+    p = write_labels(tmp_path / "swapped.csv", [(names[2], 17), (3, 4), (names[0], 9)],
+                     header=("label", "id"))
+    assert read_labels_file(p, QUERIED, manifest).tolist() == want
+
+
+def test_a_damaged_export_names_every_problem(tmp_path, manifest):
+    names = manifest.class_names
+    export = tmp_path / "bad.json"
+    export.write_text(json.dumps([
+        ls_task(1, 4, "zebra"),                   # a class the dataset does not have
+        ls_task(2, 9, names[0], names[1]),        # two annotators disagree
+        ls_task(3, 5, names[0]),                  # an id that was not queried
+        ls_task(4, 17, names[0], cancelled=True),  # skipped by the labeler
+    ]))
+    with pytest.raises(UserError) as e:
+        read_labels_file(export, QUERIED, manifest)
+    message = str(e.value)
+    assert "nothing imported" in message
+    assert "task 1 (annotation 100): id 4: label 'zebra' is out of range" in message
+    assert "task 2 (annotation 201): duplicate id 9 with a different label" in message
+    assert "task 3 (annotation 300): id 5 was not queried" in message
+    assert "task 4 (annotation 400): id 17 was skipped" in message
+    assert "2 queried id(s) have no label: [4, 17]" in message
+    # a task missing from the export altogether
+    export.write_text(json.dumps([ls_task(1, 4, names[0]), ls_task(2, 9, names[0])]))
+    with pytest.raises(UserError, match=r"1 queried id\(s\) have no label: \[17\]"):
+        read_labels_file(export, QUERIED, manifest)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ('{"tasks": []}', "expected a JSON list of tasks"),
+])
+def test_json_that_is_not_an_export(tmp_path, manifest, text, message):
+    p = tmp_path / "l.json"
+    p.write_text(text)
+    with pytest.raises(UserError, match=message):
+        read_labels_file(p, QUERIED, manifest)
