@@ -2,6 +2,7 @@
 
 import csv
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -73,20 +74,40 @@ def test_header_is_required(tmp_path, manifest):
         read_labels_file(p, QUERIED, manifest)
 
 
-def test_file_oracle_round_trip(synthetic_dataset, tmp_path):
+def test_file_oracle_round_trip(synthetic_dataset, copy_dataset, tmp_path):
+    """A person labels from the first query: cycle 0's initial set is asked for before any
+    training, then each cycle's queries. The pool's stored labels are replaced by wrong ones:
+    nothing on this path may read them."""
+    root = copy_dataset(synthetic_dataset)
+    truth = load_labels(root, "pool")
+    np.save(root / "pool-labels.npy", (truth + 2) % 5)
     run_dir = tmp_path / "run"
-    args = ["run", f"data.root={synthetic_dataset}", "data.num_workers=0",
+    args = ["run", f"data.root={root}", "data.num_workers=0",
             "model.backbone=small_cnn", "model.width=4", "train.epochs=1", "train.batch_size=16",
             "al.initial=20", "al.budget=6", "al.cycles=2", "al.subset_size=40", "al.oracle=file",
             f"run.dir={run_dir}"]
     first = run_module(args)
     assert first.returncode == 3, tail(first)
-    assert "waiting for labels" in first.stdout and "labels/cycle_0.csv" in first.stdout
-    with open(run_dir / "queries" / "cycle_0.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and set(rows[0]) == {"id", "shard", "key", "score"}
+    assert "waiting for labels" in first.stdout and "labels/initial.csv" in first.stdout
+    assert not (run_dir / "cycles").exists() and not (run_dir / "work" / "cycle_0000").exists()
+    initial = read_queries(run_dir, "initial", root)
+    assert len(initial) == 20 and all(r["predicted"] == "" for r in initial)
+    names = load_manifest(root).class_names
+    write_labels(run_dir / "labels" / "initial.csv",
+                 [(names[truth[int(r["id"])]], r["id"]) for r in initial], header=("label", "id"))
+
+    second = run_module(args)  # trains cycle 0 on the person's labels, then asks for its queries
+    assert second.returncode == 3, tail(second)
+    assert "labels/cycle_0.csv" in second.stdout
+    with np.load(run_dir / "cycles" / "cycle_0000" / "labeled.npz") as lab:
+        assert sorted(lab["ids"].tolist()) == sorted(int(r["id"]) for r in initial)
+        assert np.array_equal(lab["labels"], truth[lab["ids"]])
+    rows = read_queries(run_dir, "cycle_0", root)
+    assert len(rows) == 6 and all(r["predicted_name"] == names[int(r["predicted"])] for r in rows)
+    with np.load(run_dir / "cycles" / "cycle_0000" / "queried.npz") as q:
+        assert [int(r["id"]) for r in rows] == q["ids"].tolist()
+        assert [float(r["score"]) for r in rows] == q["reported"].tolist()
     ids = [int(r["id"]) for r in rows]
-    assert all(r["key"] == f"{int(r['id']):010d}" and r["shard"].endswith(".tar") for r in rows)
 
     again = run_module(args)  # still no labels: same pause, nothing trained twice
     assert again.returncode == 3 and not (run_dir / "cycles" / "cycle_0001").exists()
@@ -99,7 +120,7 @@ def test_file_oracle_round_trip(synthetic_dataset, tmp_path):
     assert not (run_dir / "cycles" / "cycle_0001").exists()
 
     # A person may disagree with the shards: the import, not the shards, is what trains.
-    human = {i: (int(load_labels(synthetic_dataset, "pool")[i]) + 1) % 5 for i in ids}
+    human = {i: (int(truth[i]) + 1) % 5 for i in ids}
     write_labels(labels_file, sorted(human.items()))
     done = run_module(args)
     assert done.returncode == 0, tail(done)  # the last cycle needs no labels to finish
@@ -107,6 +128,22 @@ def test_file_oracle_round_trip(synthetic_dataset, tmp_path):
         got = dict(zip(lab["ids"].tolist(), lab["labels"].tolist()))
     assert all(got[i] == human[i] for i in ids)
     assert (run_dir / "queries" / "cycle_1.csv").exists()  # the next batch to label, if extended
+
+
+def read_queries(run_dir, stage, root):
+    """The rows of queries/<stage>.csv, each image checked against the shard it came from."""
+    with open(run_dir / "queries" / f"{stage}.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and list(rows[0]) == ["id", "shard", "key", "score", "original_key", "image",
+                                      "predicted", "predicted_name"]
+    for r in rows:
+        assert r["key"] == r["original_key"] == f"{int(r['id']):010d}"
+        assert r["image"] == f"{stage}/{r['id']}.png"
+        with tarfile.open(root / r["shard"]) as tar:
+            stored = tar.extractfile(f"{r['key']}.png").read()
+        assert (run_dir / "queries" / r["image"]).read_bytes() == stored
+    assert len(list((run_dir / "queries" / stage).iterdir())) == len(rows)
+    return rows
 
 
 def ls_task(task_id, tidal_id, *choices, cancelled=False):

@@ -29,8 +29,10 @@ import torch
 
 from tidal_dist.config import Config, bind_run_dir, candidate_seed, flatten
 from tidal_dist.cycle.analysis import score_ablation
-from tidal_dist.cycle.oracle import export_queries, label_queries, queries_path
+from tidal_dist.cycle.initial import choose_initial_set
+from tidal_dist.cycle.oracle import INITIAL, label_queries
 from tidal_dist.cycle.pool import initial_labeled_set, pool_ids, validation_ids
+from tidal_dist.cycle.queries import collect_labels, hand_out, predicted_for
 from tidal_dist.cycle.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
 from tidal_dist.data.manifest import Manifest, load_labels
 from tidal_dist.job import faults, outcome, preemption
@@ -63,23 +65,40 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def labeled_set_for(cfg: Config, manifest: Manifest, run_dir: Path,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, labels) to train on in cycle k, derived from committed state only."""
+def labeled_set_for(session: Session, run_dir: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) to train on in cycle k, derived from committed state only (and, with a
+    person as oracle, the labels they have returned)."""
+    cfg, manifest, acc = session.cfg, session.manifest, session.accelerator
     if k == 0:
-        ids = initial_labeled_set(cfg)
-        labels = load_labels(cfg.data.root, "pool")[ids - manifest.split("pool").first_id]
-        return ids, labels.astype(np.int64)
+        ids, scores = choose_initial_set(session, run_dir)
+        if cfg.al.oracle == "simulated":
+            labels = load_labels(cfg.data.root, "pool")[ids - manifest.split("pool").first_id]
+            return ids, labels.astype(np.int64)
+        return ids, ask_person(session, run_dir, INITIAL, ids, scores, None)
     prev = cycle_dir(run_dir, k - 1)
     labeled, queried = load_npz(prev / "labeled.npz"), load_npz(prev / "queried.npz")
-    if cfg.al.oracle == "file" and not queries_path(run_dir, k - 1).exists():
-        export_queries(run_dir, k - 1, manifest, queried["ids"], queried["reported"])
-    new_labels = label_queries(cfg.al.oracle, run_dir, k - 1, manifest, cfg.data.root,
-                               queried["ids"])
+    if cfg.al.oracle == "simulated":
+        new_labels = label_queries(cfg.al.oracle, run_dir, k - 1, manifest, cfg.data.root,
+                                   queried["ids"])
+    else:
+        predicted = predicted_for(load_npz(prev / "scores.npz"), queried["ids"])
+        new_labels = ask_person(session, run_dir, k - 1, queried["ids"], queried["reported"],
+                                predicted)
     ids = np.concatenate([labeled["ids"], queried["ids"]])
     labels = np.concatenate([labeled["labels"], new_labels])
     order = np.argsort(ids)
     return ids[order], labels[order]
+
+
+def ask_person(session: Session, run_dir: Path, stage: int | str, ids: np.ndarray,
+               scores: np.ndarray, predicted: np.ndarray | None) -> np.ndarray:
+    """A human oracle's labels for `ids`: hands the queries out once (rank 0: files, and with
+    Label Studio the tasks), then imports the answers, or raises LabelsPending (exit 3)."""
+    cfg, acc = session.cfg, session.accelerator
+    if acc.is_main_process:
+        hand_out(cfg, run_dir, stage, session.manifest, ids, scores, predicted)
+    acc.wait_for_everyone()
+    return collect_labels(cfg, run_dir, stage, session.manifest, ids)
 
 
 def histogram(labels: np.ndarray, num_classes: int) -> list[int]:
@@ -139,7 +158,7 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
 def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     cfg, acc, manifest = session.cfg, session.accelerator, session.manifest
     work = run_dir / "work" / f"cycle_{k:04d}"
-    ids, labels = labeled_set_for(cfg, manifest, run_dir, k)
+    ids, labels = labeled_set_for(session, run_dir, k)
     seed_everything(cfg.run.seed * 1_000_003 + k, cfg.run.deterministic)  # resume == no resume
     if k > 0:
         _load_model(cycle_dir(run_dir, k - 1) / "model.pt", acc.unwrap_model(session.model))
@@ -165,9 +184,9 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     if acc.is_main_process:
         queried = select(strategy, merged, labeled_kept, min(cfg.al.budget, len(candidates)),
                          ctx, acc.device)
-        pool_labels = load_labels(cfg.data.root, "pool")
         first = manifest.split("pool").first_id
-        queried_labels = pool_labels[queried["ids"] - first]
+        simulated = cfg.al.oracle == "simulated"  # a person's pool may have no stored labels
+        pool_labels = load_labels(cfg.data.root, "pool") if simulated else None
         metrics.update({
             "cycle": k, "labeled": len(ids), "candidates": len(candidates),
             "queried": len(queried["ids"]), "unlabeled": len(unlabeled),
@@ -175,19 +194,21 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
             "subset_seed": subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
-            # Ground-truth classes of the queries where the shards have them (simulation only).
-            "queried_histogram": histogram(queried_labels, manifest.num_classes),
         })
+        if simulated:  # the shards' classes of the queries: what the simulated oracle will say
+            metrics["queried_histogram"] = histogram(pool_labels[queried["ids"] - first],
+                                                     manifest.num_classes)
         if module is not None:
             metrics["module_analysis"] = module
         if logged:
-            truth = pool_labels[merged["ids"] - first] if cfg.al.oracle == "simulated" else None
+            truth = pool_labels[merged["ids"] - first] if simulated else None
             metrics["score_ablation"] = score_ablation(merged, queried["ids"], cfg.al.budget, truth,
                                                        manifest.num_classes)
         metrics["seconds"].update({"score": t1 - t0, "select": time.time() - t1})
         commit_cycle(run_dir, work, k, ids, labels, queried, merged, metrics)
-        if cfg.al.oracle == "file":
-            export_queries(run_dir, k, manifest, queried["ids"], queried["reported"])
+        if not simulated:  # hand the next queries out now: a person can start at once
+            hand_out(cfg, run_dir, k, manifest, queried["ids"], queried["reported"],
+                     predicted_for(merged, queried["ids"]))
         session.telemetry.cycle(k, cfg.al.cycles, metrics, cycle_dir(run_dir, k))
     acc.wait_for_everyone()
     if acc.is_main_process:

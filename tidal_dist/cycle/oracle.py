@@ -1,15 +1,19 @@
 """Oracles: who labels the queried ids.
 
 - simulated: the labels stored with the shards (every AL benchmark's setting).
-- file: a person labels. Cycle K's queries are exported to `queries/cycle_K.csv` (id, shard, key,
-  score); the run stops until `labels/cycle_K.csv` (id,label) exists, and re-running imports it.
-  The import is all-or-nothing: any bad row rejects the whole file, naming every problem.
+- file: a person labels. Cycle K's queries are exported to `queries/cycle_K.csv` with their images
+  in `queries/cycle_K/` (cycle/queries.py); the run stops (exit 3) until `labels/cycle_K.csv`
+  (id,label: any column order, class names or indices) or `labels/cycle_K.json` (Label Studio's
+  JSON or JSON-MIN export) exists, and re-running imports it. Cycle 0's initial set is queried
+  the same way first, as `queries/initial.csv` / `labels/initial.csv` (cycle/initial.py).
+- label_studio: the same queries pushed to a Label Studio project and pulled back
+  (cycle/label_studio.py); its answers go through the same checks.
+The import is all-or-nothing: any bad row rejects the whole file, naming every problem.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,6 @@ import numpy as np
 
 from tidal_dist.data.manifest import Manifest, load_labels
 from tidal_dist.job.errors import UserError
-from tidal_dist.job.fsutil import atomic_write_text
 
 
 # Our id's column: Label Studio exports its own task id as `id` and ours (task data) as `tidal_id`.
@@ -30,33 +33,36 @@ class LabelsPending(Exception):
     """The file oracle is waiting for a person: not an error, a pause."""
 
 
-def queries_path(run_dir: Path, cycle: int) -> Path:
-    return run_dir / "queries" / f"cycle_{cycle}.csv"
+# The stage of cycle 0's initial set, which a person labels before any training: queries/initial.csv
+# and labels/initial.csv, next to cycle K's queries/cycle_K.csv (labeled for cycle K+1).
+INITIAL = "initial"
+HUMAN_ORACLES = ("file", "label_studio")
 
 
-def labels_path(run_dir: Path, cycle: int, suffix: str = ".csv") -> Path:
-    return run_dir / "labels" / f"cycle_{cycle}{suffix}"
+def stage_name(cycle: int | str) -> str:
+    return cycle if isinstance(cycle, str) else f"cycle_{cycle}"
 
 
-def existing_labels_file(run_dir: Path, cycle: int) -> Path | None:
+def describe(cycle: int | str) -> str:
+    return "cycle 0's initial set" if cycle == INITIAL else f"cycle {cycle}"
+
+
+def queries_path(run_dir: Path, cycle: int | str) -> Path:
+    return run_dir / "queries" / f"{stage_name(cycle)}.csv"
+
+
+def labels_path(run_dir: Path, cycle: int | str, suffix: str = ".csv") -> Path:
+    return run_dir / "labels" / f"{stage_name(cycle)}{suffix}"
+
+
+def existing_labels_file(run_dir: Path, cycle: int | str) -> Path | None:
     """labels/cycle_K.csv or labels/cycle_K.json (a Label Studio JSON / JSON-MIN export), if a
     person has written one; both at once is ambiguous and refused."""
     present = [p for p in (labels_path(run_dir, cycle, s) for s in LABELS_SUFFIXES) if p.exists()]
     if len(present) > 1:
-        raise UserError(f"cycle {cycle}: both {present[0]} and {present[1]} exist; keep the one "
+        raise UserError(f"{describe(cycle)}: both {present[0]} and {present[1]} exist; keep the one "
                         f"to import and remove the other")
     return present[0] if present else None
-
-
-def export_queries(run_dir: Path, cycle: int, manifest: Manifest, ids: np.ndarray,
-                   scores: np.ndarray) -> Path:
-    split = manifest.split("pool")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "shard", "key", "score"])
-    for i, s in zip(ids.tolist(), scores.tolist()):
-        w.writerow([i, split.shard_of(i).url, f"{i:010d}", repr(float(s))])
-    return atomic_write_text(queries_path(run_dir, cycle), buf.getvalue())
 
 
 @dataclass
@@ -239,16 +245,17 @@ def read_labels_file(path: Path, queried: np.ndarray, manifest: Manifest) -> np.
     return labels
 
 
-def label_queries(kind: str, run_dir: Path, cycle: int, manifest: Manifest, root: str,
+def label_queries(kind: str, run_dir: Path, cycle: int | str, manifest: Manifest, root: str,
                   ids: np.ndarray) -> np.ndarray:
-    """Labels for the ids queried at `cycle`; LabelsPending while a person has not answered."""
+    """Labels for the ids queried at `cycle` (or the INITIAL set); LabelsPending while a person
+    has not answered. Only the simulated oracle reads the shards' labels."""
     if kind == "simulated":
         labels = load_labels(root, "pool")
         return labels[ids - manifest.split("pool").first_id].astype(np.int64)
     path = existing_labels_file(run_dir, cycle)
     if path is None:
         raise LabelsPending(
-            f"cycle {cycle}: {len(ids)} queries are in {queries_path(run_dir, cycle)} (images in "
+            f"{describe(cycle)}: {len(ids)} queries are in {queries_path(run_dir, cycle)} (images in "
             f"{queries_path(run_dir, cycle).with_suffix('')}/); write their labels to "
             f"{labels_path(run_dir, cycle)} (columns id,label), or put Label Studio's JSON / "
             f"JSON-MIN export at {labels_path(run_dir, cycle, '.json')}, and run the same "
