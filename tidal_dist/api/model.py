@@ -9,7 +9,7 @@ heads and normalisation all come from the run's config.yaml and its dataset's ma
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +18,17 @@ import torch
 from torch import nn
 
 from tidal_dist.config import RUN_CONFIG_NAME, Config, load_config
-from tidal_dist.cycle.loop import committed_cycles, cycle_dir
+from tidal_dist.cycle.loop import cycle_dir
+from tidal_dist.cycle.predict import predictions, resolve_cycle
 from tidal_dist.data.manifest import Manifest, load_manifest
 from tidal_dist.data.transforms import ImageTransform, build_transform
 from tidal_dist.job.errors import UserError
-from tidal_dist.models.network import Heads, build_model
-from tidal_dist.strategies.base import entropy_of
-
-
-def heads_of(state: dict[str, torch.Tensor]) -> Heads:
-    """Which heads a saved Network had, from its parameter names."""
-    return Heads(td=any(k.startswith("td_module.") for k in state),
-                 loss=any(k.startswith("loss_module.") for k in state))
+from tidal_dist.models.network import network_from_state
 
 
 def build_network(cfg: Config, manifest: Manifest, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The Network `state` was saved from, with `state` loaded; pretrained-weight files are not
-    read (the state replaces them)."""
     in_channels = 1 if manifest.mode == "L" else 3
-    model_cfg = replace(cfg.model, weights=None)
-    network = build_model(model_cfg, manifest.num_classes, in_channels, heads_of(state))
-    if any(k.startswith("module.") for k in state):  # saved through a wrapper
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    network.load_state_dict(state)
-    return network.eval()
-
-
-def outputs_of(network: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sample predictions of an eval-mode batch: class, probability, probs, td_uncertainty
-    (TiDAL's TD-entropy, the entropy of the TD module's predicted distribution, Kye et al. ICCV
-    2023) where the network has the module."""
-    out = network(x)
-    probs = torch.softmax(out["logits"].float(), dim=1)
-    probability, predicted = probs.max(dim=1)
-    result = {"class": predicted, "probability": probability, "probs": probs}
-    if "td_logits" in out:
-        result["td_uncertainty"] = entropy_of(out["td_logits"].float())
-    return result
-
-
-def resolve_cycle(run_dir: Path, cycle: int) -> int:
-    n = committed_cycles(run_dir)
-    if n == 0:
-        raise UserError(f"run dir '{run_dir}': no committed cycle yet, so no trained model")
-    k = cycle + n if cycle < 0 else cycle
-    if not 0 <= k < n:
-        raise UserError(f"--cycle {cycle}: run dir '{run_dir}' has cycles 0..{n - 1}")
-    return k
+    return network_from_state(cfg.model, manifest.num_classes, in_channels, state).eval()
 
 
 @dataclass
@@ -90,7 +54,8 @@ class TrainedModel:
         """Images (PIL, bytes, paths) or an already-normalised batch [B, C, H, W]."""
         x = images if isinstance(images, torch.Tensor) else \
             torch.stack([self.to_tensor(i) for i in images])
-        out = {k: v.cpu().numpy() for k, v in outputs_of(self.network, x.to(self.device)).items()}
+        out = {k: v.cpu().numpy() for k, v in predictions(self.network(x.to(self.device))).items()}
+        out["class"] = out.pop("predicted")
         out["name"] = np.array([self.class_names[c] for c in out["class"]])
         return out
 
