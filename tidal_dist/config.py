@@ -121,6 +121,9 @@ class ALConfig:
     # The API token is read from this environment variable only, never from a file or the config.
     label_studio_token_env: str = "LABEL_STUDIO_API_KEY"
     label_studio_project: str | None = None  # project title; None: "tidal_dist <run.dir name>"
+    # The server's LOCAL_FILES_DOCUMENT_ROOT as a path on this machine: the query images under
+    # RUN_DIR/queries/ are served from there (Label Studio's local-files storage).
+    label_studio_document_root: str = "/"
     score_batch_size: int = 256
 
 
@@ -155,7 +158,8 @@ class Config:
 MUTABLE_KEYS = frozenset(
     {"data.num_workers", "data.verify_shards", "data.shard_url", "data.cache_dir", "data.decode",
      "al.cycles", "run.log_every", "train.timeout_s", "train.checkpoint_every", "run.trackers",
-     "run.preempt_deadline_s", "al.label_studio_url", "al.label_studio_token_env"}
+     "run.preempt_deadline_s", "al.label_studio_url", "al.label_studio_token_env",
+     "al.label_studio_document_root"}
 )
 
 

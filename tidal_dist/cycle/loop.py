@@ -32,7 +32,7 @@ from tidal_dist.cycle.analysis import score_ablation
 from tidal_dist.cycle.initial import choose_initial_set
 from tidal_dist.cycle.oracle import INITIAL, label_queries
 from tidal_dist.cycle.pool import initial_labeled_set, pool_ids, validation_ids
-from tidal_dist.cycle.queries import collect_labels, hand_out, predicted_for
+from tidal_dist.cycle.queries import ask_person, hand_out, predicted_for
 from tidal_dist.cycle.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
 from tidal_dist.data.manifest import Manifest, load_labels
 from tidal_dist.job import faults, outcome, preemption
@@ -68,7 +68,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 def labeled_set_for(session: Session, run_dir: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) to train on in cycle k, derived from committed state only (and, with a
     person as oracle, the labels they have returned)."""
-    cfg, manifest, acc = session.cfg, session.manifest, session.accelerator
+    cfg, manifest = session.cfg, session.manifest
     if k == 0:
         ids, scores = choose_initial_set(session, run_dir)
         if cfg.al.oracle == "simulated":
@@ -88,17 +88,6 @@ def labeled_set_for(session: Session, run_dir: Path, k: int) -> tuple[np.ndarray
     labels = np.concatenate([labeled["labels"], new_labels])
     order = np.argsort(ids)
     return ids[order], labels[order]
-
-
-def ask_person(session: Session, run_dir: Path, stage: int | str, ids: np.ndarray,
-               scores: np.ndarray, predicted: np.ndarray | None) -> np.ndarray:
-    """A human oracle's labels for `ids`: hands the queries out once (rank 0: files, and with
-    Label Studio the tasks), then imports the answers, or raises LabelsPending (exit 3)."""
-    cfg, acc = session.cfg, session.accelerator
-    if acc.is_main_process:
-        hand_out(cfg, run_dir, stage, session.manifest, ids, scores, predicted)
-    acc.wait_for_everyone()
-    return collect_labels(cfg, run_dir, stage, session.manifest, ids)
 
 
 def histogram(labels: np.ndarray, num_classes: int) -> list[int]:
@@ -206,9 +195,9 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
                                                        manifest.num_classes)
         metrics["seconds"].update({"score": t1 - t0, "select": time.time() - t1})
         commit_cycle(run_dir, work, k, ids, labels, queried, merged, metrics)
-        if not simulated:  # hand the next queries out now: a person can start at once
+        if not simulated:  # the files at once; Label Studio's tasks when the next cycle asks
             hand_out(cfg, run_dir, k, manifest, queried["ids"], queried["reported"],
-                     predicted_for(merged, queried["ids"]))
+                     predicted_for(merged, queried["ids"]), push=False)
         session.telemetry.cycle(k, cfg.al.cycles, metrics, cycle_dir(run_dir, k))
     acc.wait_for_everyone()
     if acc.is_main_process:

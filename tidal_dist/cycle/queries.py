@@ -23,10 +23,11 @@ import numpy as np
 from PIL import Image
 
 from tidal_dist.config import DataConfig
-from tidal_dist.cycle.oracle import label_queries, queries_path
+from tidal_dist.cycle.oracle import LabelsPending, label_queries, queries_path
 from tidal_dist.data.manifest import Manifest
 from tidal_dist.data.readers import RandomAccessReader
 from tidal_dist.data.shards import sample_key
+from tidal_dist.job.errors import UserError
 from tidal_dist.job.fsutil import atomic_write_text, fsync_dir
 
 COLUMNS = ["id", "shard", "key", "score", "original_key", "image", "predicted", "predicted_name"]
@@ -98,24 +99,49 @@ def predicted_for(scores: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray 
 
 
 def hand_out(cfg, run_dir: Path, stage: int | str, manifest: Manifest, ids: np.ndarray,
-             scores: np.ndarray, predicted: np.ndarray | None) -> None:
+             scores: np.ndarray, predicted: np.ndarray | None, push: bool = True) -> None:
     """Rank 0: make the queries of `stage` available to the person, once: the files, and with
-    al.oracle=label_studio the tasks in the project (cycle/label_studio.py)."""
+    al.oracle=label_studio (push) the tasks in the project (cycle/label_studio.py)."""
     if not queries_path(run_dir, stage).exists():
         export_queries(run_dir, stage, cfg.data, manifest, ids, scores, predicted)
-    if cfg.al.oracle == "label_studio":
+    if push and cfg.al.oracle == "label_studio":
         from tidal_dist.cycle.label_studio import push_tasks
 
         push_tasks(cfg, run_dir, stage, manifest)
 
 
-def collect_labels(cfg, run_dir: Path, stage: int | str, manifest: Manifest,
-                   ids: np.ndarray) -> np.ndarray:
-    """Every rank: the person's labels for `ids` (LabelsPending while some are missing). With
-    Label Studio, rank 0 first pulls the finished annotations into labels/<stage>.json, only when
-    every task is annotated and the whole export passes the checks."""
-    if cfg.al.oracle == "label_studio":
-        from tidal_dist.cycle.label_studio import pull_labels
+def on_main_process(acc, work) -> None:
+    """Run `work` on rank 0 only; the pause or bad input it raises is raised on every rank, so
+    no rank waits at a barrier for a peer that stopped."""
+    stop = None
+    if acc.is_main_process:
+        try:
+            work()
+        except (UserError, LabelsPending) as e:
+            stop = (type(e).__name__, str(e))
+    if acc.num_processes > 1:
+        import torch.distributed as dist
 
-        pull_labels(cfg, run_dir, stage, manifest, ids)
+        box = [stop]
+        dist.broadcast_object_list(box, src=0)
+        stop = box[0]
+    if stop is not None:
+        raise {"UserError": UserError, "LabelsPending": LabelsPending}[stop[0]](stop[1])
+
+
+def ask_person(session, run_dir: Path, stage: int | str, ids: np.ndarray, scores: np.ndarray,
+               predicted: np.ndarray | None) -> np.ndarray:
+    """Every rank: a human oracle's labels for `ids`. Rank 0 hands the queries out (once) and,
+    with Label Studio, pulls the finished annotations into labels/<stage>.json; then every rank
+    imports the labels file, or stops with LabelsPending (exit 3) while it is not there."""
+    cfg, manifest = session.cfg, session.manifest
+
+    def hand_out_and_pull() -> None:
+        hand_out(cfg, run_dir, stage, manifest, ids, scores, predicted)
+        if cfg.al.oracle == "label_studio":
+            from tidal_dist.cycle.label_studio import pull_labels
+
+            pull_labels(cfg, run_dir, stage, manifest, ids)
+
+    on_main_process(session.accelerator, hand_out_and_pull)
     return label_queries("file", run_dir, stage, manifest, cfg.data.root, ids)
