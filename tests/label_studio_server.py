@@ -26,8 +26,7 @@ VERSION = "1.23.2"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tidal_dist"
 VENV = Path(os.environ.get("TIDAL_LABEL_STUDIO_VENV", CACHE / "label-studio-venv"))
 TEMPLATE = CACHE / f"label-studio-{VERSION}-data"
-USER, PASSWORD = "labeler@example.com", "tidal-dist-test-password"
-TOKEN = "0123456789abcdef0123456789abcdef01234567"
+USER, PASSWORD = "admin@example.com", "adminpass123"
 
 
 def installed() -> bool:
@@ -55,7 +54,6 @@ def free_port() -> int:
 @dataclass
 class Server:
     url: str
-    token: str
     process: subprocess.Popen
     log: Path
     document_root: Path
@@ -88,11 +86,11 @@ def start(folder: Path, timeout: float = 600) -> Server:
     log = folder / "label-studio.log"
     process = subprocess.Popen(
         [str(VENV / "bin" / "label-studio"), "start", "--no-browser", "--host", "127.0.0.1",
-         "--port", str(port), "--data-dir", str(data), "--username", USER, "--password", PASSWORD,
-         "--user-token", TOKEN],
+         "--internal-host", "127.0.0.1", "--port", str(port), "--data-dir", str(data),
+         "--username", USER, "--password", PASSWORD],
         env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", TOKEN, process, log, folder)
+    server = Server(f"http://127.0.0.1:{port}", process, log, folder)
     deadline = time.monotonic() + timeout
     import httpx
 
@@ -101,12 +99,9 @@ def start(folder: Path, timeout: float = 600) -> Server:
             raise RuntimeError(f"label-studio exited ({process.returncode}):\n"
                                f"{log.read_text()[-3000:]}")
         try:
-            r = httpx.get(f"{server.url}/api/projects/", timeout=5,
-                          headers={"Authorization": f"Token {TOKEN}"})
-            if r.status_code == 200:
+            if httpx.get(f"{server.url}/health", timeout=5).status_code == 200:
                 if not TEMPLATE.is_dir():  # migrated, with the user: later starts copy it
-                    shutil.copytree(data, TEMPLATE.with_suffix(".partial"), dirs_exist_ok=True)
-                    TEMPLATE.with_suffix(".partial").rename(TEMPLATE)
+                    save_template(data)
                 return server
         except httpx.HTTPError:
             pass
@@ -114,6 +109,20 @@ def start(folder: Path, timeout: float = 600) -> Server:
     server.stop()
     raise RuntimeError(f"label-studio did not answer within {timeout:.0f} s:\n"
                        f"{log.read_text()[-3000:]}")
+
+
+def save_template(data: Path) -> None:
+    """The migrated data folder, its SQLite database copied through sqlite's backup API (the
+    server is running), for later starts to copy instead of migrating again (minutes)."""
+    import sqlite3
+
+    partial = TEMPLATE.with_name(TEMPLATE.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(data, partial, ignore=shutil.ignore_patterns("*.sqlite3*"))
+    for db in data.glob("*.sqlite3"):
+        with sqlite3.connect(db) as src, sqlite3.connect(partial / db.name) as dst:
+            src.backup(dst)
+    partial.rename(TEMPLATE)
 
 
 if __name__ == "__main__":
