@@ -34,7 +34,7 @@ from tidal_dist.cycle.oracle import INITIAL, label_queries
 from tidal_dist.cycle.pool import initial_labeled_set, pool_ids, validation_ids
 from tidal_dist.cycle.queries import ask_person, hand_out, predicted_for
 from tidal_dist.cycle.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
-from tidal_dist.data.manifest import Manifest, load_labels
+from tidal_dist.data.manifest import load_labels
 from tidal_dist.job import faults, outcome, preemption
 from tidal_dist.job.fsutil import atomic_write, atomic_write_json, fsync_dir
 from tidal_dist.selection import top_k
