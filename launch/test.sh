@@ -6,6 +6,9 @@
 # --dist loadfile keeps a file's tests, and its module-scoped reference runs, on one worker.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+# Label Studio for tests/cycle/test_label_studio.py, in its own cached venv (never this one);
+# built once, minutes; without network the test is skipped, saying why.
+python tests/label_studio_server.py || echo "label-studio venv not built; its test will be skipped" >&2
 set +e
 python -m pytest tests -q -n "${TIDAL_TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?

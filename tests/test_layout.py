@@ -22,6 +22,7 @@ LEVELS = [
     {"training"},
     {"cycle"},
     {"sweep", "report"},
+    {"api"},
     {"cli", "__main__"},
 ]
 LEVEL = {room: i for i, rooms in enumerate(LEVELS) for room in rooms}

@@ -9,6 +9,7 @@
     tidal-dist report runs/c10 --out runs/c10/report                # curves, tables, data maps
     tidal-dist run --config configs/cifar10.yaml --dry-run        # check against the data, print the plan
     tidal-dist status runs/c10                                    # the recorded outcome, as the exit code
+    tidal-dist predict runs/c10 --out runs/c10/predictions.parquet  # the last model on the unlabeled pool
 
 Bad input (UserError) prints one clear line and exits with status 2; no traceback. Exit codes of
 run / train / status (tidal_dist/job/outcome.py, docs/launching.md): 0 done, 1 failed, 2 bad input,
@@ -115,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export per-epoch TD for Dataset Cartography only up to this many classes "
                         "(default 100; 0 disables the export)")
 
+    p = sub.add_parser("predict", help="a committed cycle's model labels the rest of the pool (or "
+                                       "the test split, or another prepared dataset)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--cycle", type=int, default=-1,
+                   help="whose model: cycle K (negative: from the end; default -1, the last)")
+    p.add_argument("--split", default="pool", metavar="pool|test|SOURCE",
+                   help="pool (default: its ids not labeled by that cycle), test, or a folder "
+                        "written by `tidal-dist prepare` (its pool split)")
+    p.add_argument("--all", action="store_true", dest="all_ids",
+                   help="--split pool: every pool id, the labeled ones too")
+    p.add_argument("--out", required=True,
+                   help="output file: .parquet (pyarrow) or CSV (any other name)")
+
     p = sub.add_parser("status", help="print a run's recorded outcome and exit with its code "
                                       "(0 done, 1 failed, 2 bad input, 3 waiting for labels, "
                                       "4 not finished, 75 preempted)")
@@ -202,28 +216,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     if args.dry_run:
         return _dry_run(args, cfg)
-    from tidal_dist.cycle.lifecycle import run_command
+    from tidal_dist.api.experiment import execute
 
-    def body() -> int:
-        from tidal_dist.cycle.loop import train_main
-
-        return train_main(cfg)
-
-    return run_command(cfg, "train", body)
+    return execute(cfg, "train", in_process=False)  # the API's path; the process ends after it
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     if args.dry_run:
         return _dry_run(args, cfg)
-    from tidal_dist.cycle.lifecycle import run_command
+    from tidal_dist.api.experiment import execute
 
-    def body() -> int:
-        from tidal_dist.cycle.loop import run_main
-
-        return run_main(cfg)
-
-    return run_command(cfg, "run", body)
+    return execute(cfg, "run", in_process=False)  # the API's path; the process ends after it
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -236,6 +240,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from tidal_dist.report import report_main
 
     return report_main(args.paths, args.out, cartography_max_classes=args.cartography_max_classes)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tidal_dist.cycle.predict import predict_main
+
+    return predict_main(args.run_dir, args.out, cycle=args.cycle, split=args.split,
+                        all_ids=args.all_ids)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -254,7 +265,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "train": cmd_train, "run": cmd_run,
-            "sweep": cmd_sweep, "report": cmd_report, "status": cmd_status}
+            "sweep": cmd_sweep, "report": cmd_report, "predict": cmd_predict,
+            "status": cmd_status}
 
 
 def entry() -> None:

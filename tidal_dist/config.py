@@ -131,7 +131,21 @@ class ALConfig:
     # predicted loss where there is a loss head) for each candidate and keep them in scores.npz:
     # one run then yields the paper's ablation of classifier vs module scores.
     log_scores: bool = True
-    oracle: Literal["simulated", "file"] = "simulated"
+    # Who labels: simulated (the shards' labels), file (a person: queries/ + labels/ files,
+    # docs/labeling.md), label_studio (a person in Label Studio, al.label_studio_url). With a
+    # person, cycle 0's initial set is queried too and labeled before any training.
+    oracle: Literal["simulated", "file", "label_studio"] = "simulated"
+    # How cycle 0's al.initial samples are chosen, without labels: random (a seeded draw), or
+    # typiclust (Hacohen et al., ICML 2022: typical samples of k-means clusters of a pretrained
+    # backbone's embeddings, so it needs model.weights).
+    initial_strategy: Literal["random", "typiclust"] = "random"
+    label_studio_url: str | None = None  # e.g. http://localhost:8080
+    # The API token is read from this environment variable only, never from a file or the config.
+    label_studio_token_env: str = "LABEL_STUDIO_API_KEY"
+    label_studio_project: str | None = None  # project title; None: "tidal_dist <run.dir name>"
+    # The server's LOCAL_FILES_DOCUMENT_ROOT as a path on this machine: the query images under
+    # RUN_DIR/queries/ are served from there (Label Studio's local-files storage).
+    label_studio_document_root: str = "/"
     score_batch_size: int = 256
 
 
@@ -166,7 +180,8 @@ class Config:
 MUTABLE_KEYS = frozenset(
     {"data.num_workers", "data.verify_shards", "data.shard_url", "data.cache_dir", "data.decode",
      "al.cycles", "run.log_every", "train.timeout_s", "train.checkpoint_every", "run.trackers",
-     "run.preempt_deadline_s"}
+     "run.preempt_deadline_s", "al.label_studio_url", "al.label_studio_token_env",
+     "al.label_studio_document_root"}
 )
 
 
@@ -344,6 +359,12 @@ def validate(cfg: Config) -> None:
     need(cfg.al.subset_size == "all" or cfg.al.subset_size >= 1, "al.subset_size",
          "must be 'all' or >= 1")
     need(cfg.run.preempt_deadline_s >= 1, "run.preempt_deadline_s", "must be >= 1")
+    need(cfg.al.initial_strategy != "typiclust" or cfg.model.weights is not None,
+         "al.initial_strategy", "typiclust clusters the embeddings of a pretrained backbone, and "
+         f"model.backbone '{cfg.model.backbone}' has no pretrained weights here: set "
+         "model.weights to a local pretrained state_dict file, or use al.initial_strategy=random")
+    need(cfg.al.oracle != "label_studio" or bool(cfg.al.label_studio_url), "al.label_studio_url",
+         "al.oracle=label_studio needs the server's URL, e.g. http://localhost:8080")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

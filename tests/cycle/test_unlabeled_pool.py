@@ -1,6 +1,6 @@
 """Unlabeled and partly labeled pools: an image folder's pool/ prepares without labels, every
-label-needing setting refuses it (exit 2), and a file-oracle run on a partly labeled pool starts
-from the known labels, asks for the rest by file name and reports accuracy as unknown."""
+label-needing setting refuses it (exit 2), and a file-oracle run on an unlabeled pool asks a person
+for cycle 0's set by file name, trains on their labels only and reports accuracy as unknown."""
 
 import json
 
@@ -71,8 +71,9 @@ def test_pool_without_class_folders_prepares_unlabeled(unlabeled):
 def test_label_needing_settings_refuse_an_unlabeled_pool(unlabeled, tmp_path):
     with pytest.raises(UserError, match="al.oracle=file"):
         plan(unlabeled, tmp_path)  # the simulated oracle
-    with pytest.raises(UserError, match=r"'al.initial': 20 labeled .* only 0 pool samples"):
-        plan(unlabeled, tmp_path, **{"al.oracle": "file"})
+    # a person labels cycle 0's set first: an unlabeled pool is what the file oracle is for
+    assert plan(unlabeled, tmp_path, **{"al.oracle": "file", "al.initial": 6, "al.budget": 4,
+                                        "al.subset_size": 12}) is not None
     with pytest.raises(UserError, match="data.imbalance_ratio"):
         plan(unlabeled, tmp_path, **{"al.oracle": "file", "data.imbalance_ratio": 10})
     with pytest.raises(UserError, match="al.val_size=0"):
@@ -82,23 +83,34 @@ def test_label_needing_settings_refuse_an_unlabeled_pool(unlabeled, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_file_oracle_run_on_a_partly_labeled_pool(partly_labeled, tmp_path):
+def test_file_oracle_run_on_an_unlabeled_pool_never_reads_a_label_it_lacks(unlabeled, tmp_path):
+    import csv
+
     run_dir = tmp_path / "run"
-    args = loop_args(partly_labeled, run_dir, **{"al.oracle": "file", "al.initial": 12, "al.budget": 8,
-                                                 "al.cycles": 2, "al.subset_size": "all"})
-    proc = run_module(["run", *args])
-    assert proc.returncode == 3, tail(proc)  # waiting for a person's labels
+    args = loop_args(unlabeled, run_dir, **{"al.oracle": "file", "al.initial": 9, "al.budget": 6,
+                                            "al.cycles": 2, "al.subset_size": "all",
+                                            "al.val_size": 0})
+    first = run_module(["run", *args])
+    assert first.returncode == 3, tail(first)  # cycle 0's set, before any training
+    keys = load_keys(unlabeled, "pool")
+    with open(run_dir / "queries" / "initial.csv") as f:
+        initial = list(csv.DictReader(f))
+    assert len(initial) == 9 and all(r["original_key"] == keys[int(r["id"])] for r in initial)
+    given = {int(r["id"]): CLASSES[n % 3] for n, r in enumerate(initial)}
+    (run_dir / "labels").mkdir()
+    (run_dir / "labels" / "initial.csv").write_text(
+        "label,id\n" + "".join(f"{name},{i}\n" for i, name in given.items()))
+    second = run_module(["run", *args])
+    assert second.returncode == 3, tail(second)  # now cycle 0's queries
     cycle = run_dir / "cycles" / "cycle_0000"
-    with np.load(cycle / "labeled.npz") as labeled:
-        assert (labeled["labels"] >= 0).all()  # started from known labels only
-        known = load_labels(partly_labeled, "pool")[labeled["ids"]]
-        np.testing.assert_array_equal(labeled["labels"], known)
+    with np.load(cycle / "labeled.npz") as labeled:  # the person's labels, none made up
+        assert {int(i): CLASSES[int(c)] for i, c in zip(labeled["ids"], labeled["labels"])} == given
     metrics = json.loads((cycle / "metrics.json").read_text())
     assert metrics["accuracy"] is None and metrics["queried_histogram"] is None
     assert "unknown" in (run_dir / "results.md").read_text()
     runs, notes = collect([run_dir])  # the report names it instead of comparing a made-up number
     assert runs == [] and "test accuracy unknown" in notes[0]
-    rows = [r.split(",") for r in (run_dir / "queries" / "cycle_0.csv").read_text().splitlines()]
-    keys = load_keys(partly_labeled, "pool")
-    assert rows[0][-1] == "original" and len(rows) == 9
-    assert all(row[-1] == keys[int(row[0])] for row in rows[1:])
+    with open(run_dir / "queries" / "cycle_0.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and all(r["original_key"] == keys[int(r["id"])] for r in rows)
+    assert not set(int(r["id"]) for r in rows) & set(given)

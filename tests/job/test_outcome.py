@@ -37,6 +37,7 @@ def write_labels(path, rows):
         w.writerows(rows)
 
 
+@pytest.mark.timeout(600)  # seven launches, two of them before any training
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate", "plain"])
 def test_every_status_is_recorded_whatever_the_launcher_returns(synthetic_dataset, tmp_path,
                                                                 launcher):
@@ -62,6 +63,10 @@ def test_every_status_is_recorded_whatever_the_launcher_returns(synthetic_datase
         assert rc == code and status in text, text
         assert proc.returncode == (code if passes else min(code, 1)), tail(proc)
 
+    # a person labels from the first query: cycle 0's initial set, then cycle 0's queries
+    check(launch(launcher, args), "waiting_for_labels", 3, "labels/initial.csv")
+    initial = [int(r["id"]) for r in csv.DictReader(open(run_dir / "queries" / "initial.csv"))]
+    write_labels(run_dir / "labels" / "initial.csv", [(i, i % 5) for i in initial])
     check(launch(launcher, args), "waiting_for_labels", 3, "labels/cycle_0.csv")
     queried = [int(r["id"]) for r in csv.DictReader(open(run_dir / "queries" / "cycle_0.csv"))]
 

@@ -100,3 +100,29 @@ def test_a_tracker_whose_package_is_missing_is_refused_before_the_run():
         pytest.skip("wandb is installed here")
     with pytest.raises(UserError, match="'wandb' needs the wandb package"):
         check_trackers(["wandb"])
+
+
+@pytest.mark.skipif(not HAVE_TENSORBOARD, reason="tensorboard is not installed")
+def test_tensorboard_gets_the_resolved_config_as_hparams(real_run):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from tidal_dist.config import flatten, load_config
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(real_run / "tensorboard"))
+    mux.Reload()
+    found = {}
+    for run in mux.Runs():
+        content = mux.PluginRunToTagToContent("hparams").get(run, {})
+        if "_hparams_/session_start_info" in content:
+            data = plugin_data_pb2.HParamsPluginData.FromString(
+                content["_hparams_/session_start_info"])
+            for key, value in data.session_start_info.hparams.items():
+                kind = value.WhichOneof("kind")
+                found[key] = getattr(value, kind)
+    config = flatten(load_config(real_run / "config.yaml"))
+    assert set(found) == set(config)
+    assert found["train.epochs"] == EPOCHS and found["al.cycles"] == CYCLES
+    assert found["model.backbone"] == "small_cnn" and found["run.dir"] == str(real_run)
+    assert found["train.lr_decay_at"] == "[0.8]" and found["data.imbalance_ratio"] == "null"

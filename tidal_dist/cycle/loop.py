@@ -29,10 +29,12 @@ import torch
 
 from tidal_dist.config import Config, bind_run_dir, candidate_seed, flatten
 from tidal_dist.cycle.analysis import score_ablation
-from tidal_dist.cycle.oracle import export_queries, label_queries, queries_path
+from tidal_dist.cycle.initial import choose_initial_set
+from tidal_dist.cycle.oracle import INITIAL, label_queries
 from tidal_dist.cycle.pool import initial_labeled_set, pool_ids, validation_ids
+from tidal_dist.cycle.queries import ask_person, hand_out, predicted_for
 from tidal_dist.cycle.score import draw_candidates, logged_scores, save_scores, score_labeled, score_pool
-from tidal_dist.data.manifest import Manifest, load_labels
+from tidal_dist.data.manifest import load_labels
 from tidal_dist.job import faults, outcome, preemption
 from tidal_dist.job.fsutil import atomic_write, atomic_write_json, fsync_dir
 from tidal_dist.selection import top_k
@@ -63,20 +65,25 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def labeled_set_for(cfg: Config, manifest: Manifest, run_dir: Path,
-                    k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, labels) to train on in cycle k, derived from committed state only."""
+def labeled_set_for(session: Session, run_dir: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) to train on in cycle k, derived from committed state only (and, with a
+    person as oracle, the labels they have returned)."""
+    cfg, manifest = session.cfg, session.manifest
     if k == 0:
-        ids = initial_labeled_set(cfg)
-        labels = load_labels(cfg.data.root, "pool")[ids - manifest.split("pool").first_id]
-        return ids, labels.astype(np.int64)
+        ids, scores = choose_initial_set(session, run_dir)
+        if cfg.al.oracle == "simulated":
+            labels = load_labels(cfg.data.root, "pool")[ids - manifest.split("pool").first_id]
+            return ids, labels.astype(np.int64)
+        return ids, ask_person(session, run_dir, INITIAL, ids, scores, None)
     prev = cycle_dir(run_dir, k - 1)
     labeled, queried = load_npz(prev / "labeled.npz"), load_npz(prev / "queried.npz")
-    if cfg.al.oracle == "file" and not queries_path(run_dir, k - 1).exists():
-        export_queries(run_dir, k - 1, manifest, queried["ids"], queried["reported"],
-                       root=cfg.data.root)
-    new_labels = label_queries(cfg.al.oracle, run_dir, k - 1, manifest, cfg.data.root,
-                               queried["ids"])
+    if cfg.al.oracle == "simulated":
+        new_labels = label_queries(cfg.al.oracle, run_dir, k - 1, manifest, cfg.data.root,
+                                   queried["ids"])
+    else:
+        predicted = predicted_for(load_npz(prev / "scores.npz"), queried["ids"])
+        new_labels = ask_person(session, run_dir, k - 1, queried["ids"], queried["reported"],
+                                predicted)
     ids = np.concatenate([labeled["ids"], queried["ids"]])
     labels = np.concatenate([labeled["labels"], new_labels])
     order = np.argsort(ids)
@@ -142,7 +149,7 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
 def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     cfg, acc, manifest = session.cfg, session.accelerator, session.manifest
     work = run_dir / "work" / f"cycle_{k:04d}"
-    ids, labels = labeled_set_for(cfg, manifest, run_dir, k)
+    ids, labels = labeled_set_for(session, run_dir, k)
     seed_everything(cfg.run.seed * 1_000_003 + k, cfg.run.deterministic)  # resume == no resume
     if k > 0:
         _load_model(cycle_dir(run_dir, k - 1) / "model.pt", acc.unwrap_model(session.model))
@@ -168,9 +175,9 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     if acc.is_main_process:
         queried = select(strategy, merged, labeled_kept, min(cfg.al.budget, len(candidates)),
                          ctx, acc.device)
-        pool_labels = load_labels(cfg.data.root, "pool")
         first = manifest.split("pool").first_id
-        queried_labels = pool_labels[queried["ids"] - first]
+        simulated = cfg.al.oracle == "simulated"  # a person's pool may have no stored labels
+        pool_labels = load_labels(cfg.data.root, "pool") if simulated else None
         metrics.update({
             "cycle": k, "labeled": len(ids), "candidates": len(candidates),
             "queried": len(queried["ids"]), "unlabeled": len(unlabeled),
@@ -178,22 +185,23 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
             "subset_seed": subset_seed, "run_seed": cfg.run.seed,
             "world_size": acc.num_processes,
             "labeled_histogram": histogram(labels, manifest.num_classes),
-            # Ground-truth classes of the queries where the shards have them (simulation only);
-            # None on a pool whose stored labels are incomplete: those classes are unknown.
-            "queried_histogram": (histogram(queried_labels, manifest.num_classes)
-                                  if manifest.pool_fully_labeled else None),
         })
+        # The shards' classes of the queries (what the simulated oracle will say); None where
+        # a person labels or the stored labels are incomplete: those classes are unknown.
+        metrics["queried_histogram"] = (
+            histogram(pool_labels[queried["ids"] - first], manifest.num_classes)
+            if simulated and manifest.pool_fully_labeled else None)
         if module is not None:
             metrics["module_analysis"] = module
         if logged:
-            truth = pool_labels[merged["ids"] - first] if cfg.al.oracle == "simulated" else None
+            truth = pool_labels[merged["ids"] - first] if simulated else None
             metrics["score_ablation"] = score_ablation(merged, queried["ids"], cfg.al.budget, truth,
                                                        manifest.num_classes)
         metrics["seconds"].update({"score": t1 - t0, "select": time.time() - t1})
         commit_cycle(run_dir, work, k, ids, labels, queried, merged, metrics)
-        if cfg.al.oracle == "file":
-            export_queries(run_dir, k, manifest, queried["ids"], queried["reported"],
-                           root=cfg.data.root)
+        if not simulated:  # the files at once; Label Studio's tasks when the next cycle asks
+            hand_out(cfg, run_dir, k, manifest, queried["ids"], queried["reported"],
+                     predicted_for(merged, queried["ids"]), push=False)
         session.telemetry.cycle(k, cfg.al.cycles, metrics, cycle_dir(run_dir, k))
     acc.wait_for_everyone()
     if acc.is_main_process:

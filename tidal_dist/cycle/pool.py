@@ -5,8 +5,9 @@ does: one reserved sample per class, the rest subsampled to an exponential long 
 (data/imbalance.py). The reserved samples start labeled.
 
 A pool whose stored labels are incomplete (an unlabeled or partly labeled pool: label -1 in the
-manifest's labels) draws its initial labeled set from the ids with a known label, and refuses
-what would read a label it does not have (an imbalanced pool, a validation hold-out).
+manifest's labels) draws a simulated oracle's initial labeled set from the ids with a known
+label (a person as oracle labels the drawn set first, cycle/initial.py), and refuses what would
+read a label it does not have (an imbalanced pool, a validation hold-out).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from tidal_dist.config import Config
+from tidal_dist.cycle.oracle import HUMAN_ORACLES
 from tidal_dist.data.imbalance import imbalanced_pool
 from tidal_dist.data.manifest import known_label_mask, load_labels, load_manifest
 from tidal_dist.job.errors import UserError
@@ -61,7 +63,9 @@ def pool_ids(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
 
 
 def initial_labeled_set(cfg: Config) -> np.ndarray:
-    """Seeded random draw of al.initial ids (reserved per-class samples first, if any)."""
+    """Seeded random draw of al.initial ids (reserved per-class samples first, if any). With a
+    person as oracle (al.oracle file or label_studio) they label the set before any training,
+    so any pool id may be drawn; otherwise only ids whose stored label is known."""
     ids, reserved = pool_ids(cfg)
     n = cfg.al.initial
     if n > len(ids):
@@ -71,7 +75,8 @@ def initial_labeled_set(cfg: Config) -> np.ndarray:
                         f"reserved per-class samples of an imbalanced pool")
     rest = np.setdiff1d(ids, reserved, assume_unique=True)
     manifest = load_manifest(cfg.data.root)
-    if not manifest.pool_fully_labeled:  # only samples whose label is known can start labeled
+    person_labels = cfg.al.oracle in HUMAN_ORACLES
+    if not manifest.pool_fully_labeled and not person_labels:  # only known labels start labeled
         pool = manifest.split("pool")
         rest = rest[known_label_mask(load_labels(cfg.data.root, "pool", manifest)[rest - pool.first_id])]
         if n > len(rest):
@@ -79,7 +84,7 @@ def initial_labeled_set(cfg: Config) -> np.ndarray:
                 f"config key 'al.initial': {n} labeled samples to start from, and only {len(rest)} "
                 f"pool samples of data.root '{cfg.data.root}' have a known label (it holds "
                 f"{pool.num_samples}, {pool.num_samples - pool.labeled_count} unlabeled); lower "
-                f"al.initial to at most {len(rest)}, or let a person label cycle 0's queries "
+                f"al.initial to at most {len(rest)}, or let a person label cycle 0's set "
                 f"(al.oracle=file)")
     rng = np.random.default_rng(cfg.run.seed)
     drawn = rng.choice(rest, size=n - len(reserved), replace=False)

@@ -6,8 +6,8 @@ reaches that point in cycle 1 kill itself with SIGKILL (append `@rank1` to pick 
 `TIDAL_DIST_CRASH_AT=stall_in_checkpoint:1` makes a process hang inside every checkpoint save of
 cycle 1 (after its RNG file is written), to test the stop deadline; `slow_inference` makes every
 evaluation / scoring batch take half a second longer (a window to signal a run in those phases);
-`sigterm_epoch:1:2` (or `sigusr1_epoch:1:2`) makes the process send itself SIGTERM (SIGUSR1) at
-step 2 of epoch 1: a stop signal at a known point, however fast the run.
+`sigterm_epoch:1:2` (or `sigusr1_epoch:1:2`, `sigint_epoch:1:2`: Ctrl-C) makes the process send
+itself that signal at step 2 of epoch 1: a stop signal at a known point, however fast the run.
 
 Unset (always, outside tests) it does nothing. A real kill -9 is the point: no handler, no
 cleanup, no flushed buffers beyond what the code already committed.
@@ -62,5 +62,7 @@ def maybe_crash_in_epoch(epoch: int, step: int) -> None:
         _die()
     if spec[0] == "raise_epoch":
         raise RuntimeError(f"injected failure at epoch {epoch}, step {step}")
-    if spec[0] in ("sigterm_epoch", "sigusr1_epoch"):
-        os.kill(os.getpid(), signal.SIGTERM if spec[0] == "sigterm_epoch" else signal.SIGUSR1)
+    sent = {"sigterm_epoch": signal.SIGTERM, "sigusr1_epoch": signal.SIGUSR1,
+            "sigint_epoch": signal.SIGINT}.get(spec[0])
+    if sent is not None:
+        os.kill(os.getpid(), sent)

@@ -40,6 +40,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -63,6 +64,7 @@ _first_at: float | None = None
 _deadline_s: float | None = None
 _disarmed_code: int | None = None
 _watcher: threading.Thread | None = None
+_wakeup_write_fd: int | None = None
 _exit_hooks: list[Callable[[str], None]] = []
 _main_noted = 0  # first requests made by the main thread's handler, not yet seen by the watcher
 
@@ -209,19 +211,52 @@ def effective_deadline(configured: float, env=os.environ) -> float:
 
 def install(deadline_s: float | None = None) -> None:
     """Handle the stop signals in this process (main thread only; idempotent)."""
-    global _watcher, _deadline_s
+    global _watcher, _deadline_s, _wakeup_write_fd
     _deadline_s = effective_deadline(deadline_s) if deadline_s else None
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
     if _watcher is not None:
+        # handlers_restored() may have handed the wakeup fd back to its previous owner
+        signal.set_wakeup_fd(_wakeup_write_fd, warn_on_full_buffer=False)
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
+    _wakeup_write_fd = write_fd
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     parent = os.getppid() if started_by_launcher() else None
     _watcher = threading.Thread(target=_watch, args=(read_fd, parent), name="tidal-stop-watcher",
                                 daemon=True)
     _watcher.start()
+
+
+def interrupted_by_user() -> bool:
+    """The stop request came from SIGINT (Ctrl-C, a notebook's "Interrupt kernel")."""
+    return _requested and _reason == f"got {signal.SIGINT.name}"
+
+
+@contextmanager
+def handlers_restored():
+    """For commands run inside a longer-lived process (a notebook, the Python API): whatever
+    `install` sets up in here (signal handlers, the wakeup fd, forced-exit hooks, a stop request,
+    the disarmed state) is undone on the way out, so after the run the process's own handlers
+    are back; without this a later Ctrl-C would end the process with the run's exit code.
+    Main thread only (signal handlers can only be set there)."""
+    global _disarmed_code
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    previous_fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(previous_fd)
+    hooks = len(_exit_hooks)
+    clear()
+    _disarmed_code = None
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        del _exit_hooks[hooks:]
+        clear()
+        _disarmed_code = None
 
 
 def loader_worker_init(worker_id: int) -> None:  # noqa: ARG001

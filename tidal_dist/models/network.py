@@ -15,7 +15,7 @@ attached; see tidal_dist/objectives/).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -109,3 +109,18 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int,
     td = TDModule(backbone.stage_channels, num_classes, hidden=cfg.td_hidden) if heads.td else None
     loss = LossPredictionModule(backbone.stage_channels, hidden=cfg.td_hidden) if heads.loss else None
     return Network(backbone, td, loss)
+
+
+def heads_of(state: dict[str, Tensor]) -> Heads:
+    """Which heads a saved Network had, from its parameter names."""
+    return Heads(td=any(k.startswith("td_module.") for k in state),
+                 loss=any(k.startswith("loss_module.") for k in state))
+
+
+def network_from_state(cfg: ModelConfig, num_classes: int, in_channels: int,
+                       state: dict[str, Tensor]) -> Network:
+    """The Network a saved state_dict (a cycle's model.pt) came from, with it loaded: its heads
+    read from the parameter names, pretrained-weight files not read (the state replaces them)."""
+    network = build_model(replace(cfg, weights=None), num_classes, in_channels, heads_of(state))
+    network.load_state_dict(state)
+    return network

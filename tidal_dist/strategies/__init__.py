@@ -27,7 +27,7 @@ from tidal_dist.strategies.base import (OUTPUTS, Outputs, ScoreContext, Selectio
 # Importing the modules registers their strategies.
 from tidal_dist.strategies import (  # noqa: E402,F401
     badge, bald, coreset, entropy, least_confidence, lloss, margin, random_sampling, tidal,
-    tidal_cluster)
+    tidal_cluster, typiclust)
 
 
 def get_strategy(name: str) -> Strategy:

@@ -31,8 +31,8 @@ def check_trackers(names: list[str]) -> None:
 
 
 def open_trackers(names: list[str], run_dir: Path, config: dict[str, Any]) -> list:
-    """Started trackers: tensorboard logs to RUN_DIR/tensorboard, wandb to project tidal_dist
-    with the run directory's name and the resolved config."""
+    """Started trackers: tensorboard logs to RUN_DIR/tensorboard (the resolved config as hparams),
+    wandb to project tidal_dist with the run directory's name and the resolved config."""
     from accelerate.tracking import TensorBoardTracker, WandBTracker
 
     check_trackers(names)
@@ -44,8 +44,24 @@ def open_trackers(names: list[str], run_dir: Path, config: dict[str, Any]) -> li
             tracker = WandBTracker("tidal_dist", name=Path(run_dir).name, dir=str(run_dir),
                                    config=config)
         tracker.start()
+        if name == "tensorboard":  # the resolved config in the HParams tab (W&B has it above)
+            tracker.store_init_configuration(hparams(config))
         trackers.append(tracker)
     return trackers
+
+
+def hparams(config: dict[str, Any]) -> dict[str, bool | int | float | str]:
+    """The flat config as TensorBoard's hparams take it: scalars as they are, anything else
+    (lists, None) as its YAML text."""
+    import yaml
+
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        else:
+            out[key] = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+    return out
 
 
 def log_to(trackers: list, values: dict[str, float], step: int) -> None:
