@@ -159,8 +159,9 @@ def read_queries(run_dir, stage, root):
     assert rows and list(rows[0]) == ["id", "shard", "key", "score", "original_key", "image",
                                       "predicted", "predicted_name"]
     for r in rows:
-        assert r["key"] == r["original_key"] == f"{int(r['id']):010d}"
-        assert r["image"] == f"{stage}/{r['id']}.png"
+        assert r["key"] == f"{int(r['id']):010d}"  # its key in tidal_dist's shards
+        assert r["original_key"] == f"train/{r['id']}"  # the source's own index
+        assert r["image"] == f"{stage}/{r['id']}_train_{r['id']}.png"
         with tarfile.open(root / r["shard"]) as tar:
             stored = tar.extractfile(f"{r['key']}.png").read()
         assert (run_dir / "queries" / r["image"]).read_bytes() == stored
