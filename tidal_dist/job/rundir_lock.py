@@ -118,8 +118,11 @@ def acquire(run_dir: Path, command: str, grace_s: float = PROBE_GRACE_S) -> RunD
                         f"{run_dir}` shows its progress)")
     note = {"host": socket.gethostname(), "pid": os.getpid(), "command": command,
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(note) + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(note) + "\n").encode(), 0)
+    except OSError:
+        pass  # a full disk: the lock holds all the same, only the note for the message is lost
     _held.add(fd)
     return RunDirLock(path, fd)
 
