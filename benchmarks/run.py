@@ -58,8 +58,8 @@ QUICK = {
     "readers": ["--source", "synthetic:600,10,8x8,1", "--random-reads", "100"],
     "strategies": ["--n", "400", "--labeled", "200", "--k", "40"],
     "sync_batchnorm": ["--backbones", "small_cnn", "--steps", "2", "--batch", "16"],
-    "timm_models": ["--models", "resnet10t,vit_tiny_patch16_224", "--size", "32", "--batch", "8",
-                    "--steps", "1", "--n", "16", "--epochs", "2", "--image-epochs", "1"],
+    "timm_models": ["--models", "resnet10t", "--size", "32", "--batch", "8", "--steps", "1",
+                    "--n", "8", "--epochs", "2", "--image-epochs", "1"],
 }
 
 PER_DEVICE = {"train_step", "sync_batchnorm", "timm_models"}  # their results file is named <name>_<cpu|cuda>

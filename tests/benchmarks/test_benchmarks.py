@@ -24,7 +24,7 @@ def test_quick_benchmark_run_writes_every_result_with_the_machine(tmp_path):
                    "TD gather vs file fold", "TD gather vs epoch", "scoring vs bare model(x)",
                    "peak RSS", "top-k", "per-sample strategies vs TiDAL-H", "BALD vs TiDAL-H",
                    "coreset selection step", "badge selection step", "train.sync_batchnorm step",
-                   "TD overhead (timm:vit_tiny", "frozen-feature path vs image path"):
+                   "TD overhead (timm:resnet10t", "frozen-feature path vs image path"):
         assert figure in names, f"{figure} missing from {names}"
     for f in summary["figures"]:
         assert isinstance(f["value"], float) and f["value"] > 0, f
