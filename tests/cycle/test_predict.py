@@ -53,7 +53,7 @@ def test_predict_the_unlabeled_pool_on_one_and_two_ranks(trained_run, synthetic_
     assert [float(r["probability"]) for r in rows] == pytest.approx(expected["probability"], abs=1e-5)
     assert [float(r["td_uncertainty"]) for r in rows] == pytest.approx(expected["td_uncertainty"],
                                                                       abs=1e-5)
-    assert all(r["original_key"] == f"{int(r['id']):010d}" for r in rows)
+    assert all(r["original_key"] == f"train/{r['id']}" for r in rows)  # the source's own index
 
     parquet = tmp_path / "p.parquet"
     two = torchrun(2, ["-m", "tidal_dist", "predict", str(trained_run), "--out", str(parquet)])
