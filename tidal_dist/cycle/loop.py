@@ -124,6 +124,9 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
     t1 = time.time()
     metrics = evaluate(session)
     out.update({"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"]})
+    # per-class test counts: the report's balanced and minority-class accuracy
+    out.update(test_per_class_correct=metrics["per_class_correct"],
+               test_per_class_seen=metrics["per_class_seen"])
     if session.cfg.al.val_size:
         val = evaluate(session, "pool", ids=validation_ids(session.cfg))
         out.update(val_accuracy=val["accuracy"], val_samples=val["num_samples"])
