@@ -159,7 +159,8 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     ctx = ScoreContext(cycle_seed=subset_seed * 1_000_003 + k, al=cfg.al)
     network = acc.unwrap_model(session.model)
     logged = logged_scores(network) if cfg.al.log_scores else []
-    merged = score_pool(session, candidates, strategy, work / "scores", ctx, logged)
+    merged = score_pool(session, candidates, strategy, work / "scores", ctx, logged,
+                        previous_model=cycle_dir(run_dir, k - 1) / "model.pt" if k > 0 else None)
     labeled_kept, module = score_labeled(session, ids, work / "scores", strategy.keeps_labeled,
                                          work / "td" if session.records_td else None)
     faults.maybe_crash("after_score", k)
