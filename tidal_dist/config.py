@@ -111,6 +111,9 @@ class ALConfig:
     log_scores: bool = True
     oracle: Literal["simulated", "file"] = "simulated"
     score_batch_size: int = 256
+    # Measured-TD strategies (td_measured_entropy, td_measured_margin, label_dispersion): measure
+    # the cycle's candidates every this many epochs of training (and after the last epoch).
+    td_measure_every: int = 1
 
 
 @dataclass
@@ -307,6 +310,7 @@ def validate(cfg: Config) -> None:
     need(cfg.al.cycles >= 1, "al.cycles", "must be >= 1")
     need(cfg.al.subset_size == "all" or cfg.al.subset_size >= 1, "al.subset_size",
          "must be 'all' or >= 1")
+    need(cfg.al.td_measure_every >= 1, "al.td_measure_every", "must be >= 1 (epochs)")
     need(cfg.run.preempt_deadline_s >= 1, "run.preempt_deadline_s", "must be >= 1")
 
 

@@ -18,6 +18,11 @@ Convention: HIGHER uncertainty = picked first (selection.top_k). A strategy whos
                       under the model's own pseudo-label
     tod               TOD: output discrepancy vs the previous      per-sample   ce
                       cycle's final weights (COD)
+    td_measured_entropy   entropy of the measured TD (running-mean  per-sample   ce
+                      softmax of the candidates during training)
+    td_measured_margin    margin of the measured TD                per-sample   ce
+    label_dispersion  Bengar et al.: how often the measured label  per-sample   ce
+                      changed during training
 
 (last column: the objective train.objective=auto trains with)
 """
@@ -30,8 +35,8 @@ from tidal_dist.strategies.base import (OUTPUTS, SCORING_OUTPUTS, Outputs, Score
 
 # Importing the modules registers their strategies.
 from tidal_dist.strategies import (  # noqa: E402,F401
-    badge, bald, coreset, dynamical, entropy, least_confidence, lloss, margin, random_sampling,
-    tidal, tidal_cluster, tod)
+    badge, bald, coreset, dynamical, entropy, label_dispersion, least_confidence, lloss, margin,
+    random_sampling, td_measured_entropy, td_measured_margin, tidal, tidal_cluster, tod)
 
 
 def get_strategy(name: str) -> Strategy:
