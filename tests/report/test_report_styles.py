@@ -65,9 +65,12 @@ def thirteen(tmp_path_factory):
         for seed, off in zip(SEEDS, OFFSETS):
             accs = [0.5 + 0.1 * k + off + GAINS[strategy][seed] for k in range(3)]
             correct, seen = per_class(seed, si)
+            extra = {"test_per_class_correct": correct, "test_per_class_seen": seen}
+            if strategy.startswith("td_measured") or strategy == "label_dispersion":
+                extra["measured_td"] = {"seconds": 4.0 + seed, "ratio_to_training": 0.4 + 0.1 * seed,
+                                        "measurements": 20, "every": 4}
             make_run(root / "runs", strategy, seed, accs, config={"data.imbalance_ratio": 10.0},
-                     classes=4, queried_histogram=[20, 15, 10, 5],
-                     extra={"test_per_class_correct": correct, "test_per_class_seen": seen})
+                     classes=4, queried_histogram=[20, 15, 10, 5], extra=extra)
     assert report_main([str(root / "runs")], root / "out", cartography_max_classes=0) == 0
     return root / "out"
 
@@ -150,3 +153,14 @@ def test_the_13_series_png_draws_every_style(thirteen):
         if name == "accuracy.png":
             assert width > 900  # the legend sits beside the axes, widening the figure
     assert "paired_difference.png" in (thirteen / "report.md").read_text()
+
+
+def test_the_cost_of_measuring_is_tabled(thirteen):
+    rows = read_csv(thirteen / "toy" / "measured_td.csv")
+    assert {r["strategy"] for r in rows} == {"td_measured_entropy", "td_measured_margin",
+                                             "label_dispersion"}
+    for r in rows:  # seconds 4, 5, 6 and ratios 0.4, 0.5, 0.6 over the three seeds
+        assert float(r["seconds_mean"]) == approx(5.0) and float(r["ratio_mean"]) == approx(0.5)
+    text = (thirteen / "report.md").read_text()
+    assert "### Cost of measuring the candidates' training dynamics" in text
+    assert "| 0 | 100 | label_dispersion | 5.0 ± 1.0 | 0.50 ± 0.10 | 20 ± 0 |" in text

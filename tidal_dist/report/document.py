@@ -128,6 +128,14 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
         sec.skipped["datamaps"] = (f"no td/stats.npy or td/epochs/ in the cycles of "
                                    f"{', '.join(missing)}")
 
+    cost = {s.label: {"seconds": stats.per_cycle_values(s, "measured_td", "seconds"),
+                      "ratio": stats.per_cycle_values(s, "measured_td", "ratio_to_training"),
+                      "measurements": stats.per_cycle_values(s, "measured_td", "measurements")}
+            for s in protocol.series}
+    cost = {label: c for label, c in cost.items() if any(v.n for v in c["seconds"])}
+    if cost:
+        sec.tables["measured_td"] = tables.measured_cost_table(protocol, cost, labeled, folder)
+
     training = training_columns(protocol)
     if training:
         sec.tables["training"] = tables.training_table(protocol, training, labeled, folder)
@@ -288,6 +296,13 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
         figure(name, title)
         if name in sec.tables:
             lines.append(sec.tables[name])
+    if "measured_td" in sec.tables:
+        lines.append("### Cost of measuring the candidates' training dynamics\n")
+        lines.append("Seconds per cycle spent evaluating the candidate subset during training "
+                     "(`al.td_measure_every`), and their ratio to the cycle's training proper "
+                     "(which excludes them); TiDAL's module predicts the same quantity at no such "
+                     "cost. CSV: measured_td.csv.\n")
+        lines.append(sec.tables["measured_td"])
     lines.append("### Data maps\n")
     for name, path in sec.figures.items():
         if name.startswith("datamap_"):
