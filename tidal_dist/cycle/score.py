@@ -23,7 +23,7 @@ import torch
 
 from tidal_dist.cycle.analysis import module_kl_sums
 from tidal_dist.cycle.parts import Field, PartWriter, merge_parts
-from tidal_dist.dynamics.buffer import TDBuffer
+from tidal_dist.dynamics.buffer import TDBuffer, rows_of
 from tidal_dist.dynamics.measured import load_measured
 from tidal_dist.job import preemption
 from tidal_dist.job.fsutil import atomic_write
@@ -91,10 +91,7 @@ class MeasuredRows:
                                                       snap["count"])
 
     def outputs(self, ids: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-        rows = np.searchsorted(self.ids, ids)
-        if (rows >= len(self.ids)).any() or not np.array_equal(self.ids[rows], ids):
-            raise RuntimeError("candidates scored without a measured-TD row: the measured set is "
-                               "not this cycle's candidates")
+        rows = rows_of(self.ids, ids, "the candidates' measured TD")
         count = np.asarray(self.count[rows]).astype(np.float64)
         mean = np.asarray(self.sum[rows]) / np.maximum(count, 1)[:, None]
         return {"measured_mean": torch.from_numpy(mean).to(device),

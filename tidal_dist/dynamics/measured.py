@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tidal_dist.dynamics.buffer import rows_of
 from tidal_dist.job.errors import UserError
 
 FILES = ("sum.npy", "votes.npy", "count.npy")
@@ -37,12 +38,7 @@ class MeasuredTD:
         self._delta: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        rows = np.searchsorted(self.ids, ids)
-        bad = (rows >= len(self.ids)) | (self.ids[np.minimum(rows, len(self.ids) - 1)] != ids)
-        if bad.any():
-            raise KeyError(f"ids not among this cycle's candidates: {ids[bad][:10].tolist()}")
-        return rows
+        return rows_of(self.ids, ids, "this cycle's candidates")
 
     def begin(self) -> None:
         """Start a measurement: this rank's additions go to a zeroed delta."""
