@@ -147,6 +147,9 @@ class ALConfig:
     # RUN_DIR/queries/ are served from there (Label Studio's local-files storage).
     label_studio_document_root: str = "/"
     score_batch_size: int = 256
+    # Measured-TD strategies (td_measured_entropy, td_measured_margin, label_dispersion): measure
+    # the cycle's candidates every this many epochs of training (and after the last epoch).
+    td_measure_every: int = 1
 
 
 @dataclass
@@ -358,6 +361,7 @@ def validate(cfg: Config) -> None:
     need(cfg.al.cycles >= 1, "al.cycles", "must be >= 1")
     need(cfg.al.subset_size == "all" or cfg.al.subset_size >= 1, "al.subset_size",
          "must be 'all' or >= 1")
+    need(cfg.al.td_measure_every >= 1, "al.td_measure_every", "must be >= 1 (epochs)")
     need(cfg.run.preempt_deadline_s >= 1, "run.preempt_deadline_s", "must be >= 1")
     need(cfg.al.initial_strategy != "typiclust" or cfg.model.weights is not None,
          "al.initial_strategy", "typiclust clusters the embeddings of a pretrained backbone, and "

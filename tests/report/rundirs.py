@@ -33,7 +33,8 @@ def write_cycle(run_dir: Path, k: int, accuracy: float, *, strategy: str, seed: 
                 classes: int = 3, queried_histogram: list[int] | None = None,
                 seconds: dict | None = None, module_analysis: dict | None = None,
                 score_ablation: dict | None = None, objective: str = "tidal",
-                train: list[dict] | None = None, val_accuracy: float | None = None) -> Path:
+                train: list[dict] | None = None, val_accuracy: float | None = None,
+                extra: dict | None = None) -> Path:
     d = run_dir / "cycles" / f"cycle_{k:04d}"
     d.mkdir(parents=True, exist_ok=True)
     labeled = INITIAL + k * BUDGET
@@ -54,6 +55,7 @@ def write_cycle(run_dir: Path, k: int, accuracy: float, *, strategy: str, seed: 
         metrics["module_analysis"] = module_analysis
     if score_ablation is not None:
         metrics["score_ablation"] = score_ablation
+    metrics.update(extra or {})
     (d / "metrics.json").write_text(json.dumps(metrics))
     return d
 

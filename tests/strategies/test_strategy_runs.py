@@ -76,7 +76,7 @@ def test_without_td_recording_baselines_train_on_cross_entropy_alone(synthetic_d
     assert "tidal_entropy" not in m["score_ablation"]
 
 
-@pytest.mark.parametrize("strategy", ["lloss", "coreset"])
+@pytest.mark.parametrize("strategy", ["lloss", "coreset", "dynamical", "tod"])
 def test_two_processes(synthetic_dataset, tmp_path, strategy):
     run_dir = tmp_path / "run"
     proc = torchrun(2, ["-m", "tidal_dist", *args(synthetic_dataset, run_dir, **{
@@ -85,6 +85,11 @@ def test_two_processes(synthetic_dataset, tmp_path, strategy):
     for k in range(2):
         m = cycle_metrics(run_dir, k)
         assert m["world_size"] == 2 and m["labeled"] == 20 + 8 * k and m["queried"] == 8
+        with np.load(run_dir / "cycles" / f"cycle_{k:04d}" / "scores.npz") as s:
+            u = s["uncertainty"]
+            assert len(u) == 40 and np.isfinite(u).all()  # every candidate scored once
+            if strategy == "tod":  # ‖p - q‖₂ of two probability rows, and not all equal
+                assert (u >= 0).all() and (u <= np.sqrt(2)).all() and u.std() > 0
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -82,14 +82,22 @@ def test_td_buffers_identical_for_1_2_3_processes_and_both_data_paths(standin_ru
 
 
 def test_evaluation_counts_every_test_sample_once_for_1_2_3(standin_runs, synthetic_dataset):
-    from tidal_dist.data.manifest import load_manifest
+    from tidal_dist.data.manifest import load_labels, load_manifest
 
     n_test = load_manifest(synthetic_dataset).split("test").num_samples
     evals = {key: json.loads((out / "result.json").read_text())["eval"]
              for key, out in standin_runs.items()}
+    test_labels = load_labels(synthetic_dataset, "test")
+    seen = np.bincount(test_labels, minlength=load_manifest(synthetic_dataset).num_classes)
     for w, ev in evals.items():
         assert ev["num_samples"] == n_test
+        # per-class counts (the report's balanced accuracy): the test labels' histogram, summing
+        # to the pooled counts
+        assert ev["per_class_seen"] == seen.tolist()
+        assert sum(ev["per_class_correct"]) == ev["correct"]
+        assert all(0 <= c <= n for c, n in zip(ev["per_class_correct"], ev["per_class_seen"]))
     assert len({ev["correct"] for ev in evals.values()}) == 1  # same weights -> same count
+    assert len({tuple(ev["per_class_correct"]) for ev in evals.values()}) == 1
 
 
 def test_ddp_training_keeps_ranks_identical_and_learns(synthetic_dataset, tmp_path):

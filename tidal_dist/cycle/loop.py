@@ -104,7 +104,7 @@ def _load_model(path: Path, model: torch.nn.Module) -> None:
 
 
 def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids: np.ndarray,
-                       labels: np.ndarray) -> dict:
+                       labels: np.ndarray, measure=None) -> dict:
     """Phase 1 of a cycle. work/trained/ marks its progress: train.json once training is done
     (then model.pt holds the trained weights), metrics.json once evaluation is done too."""
     acc = session.accelerator
@@ -123,9 +123,12 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
                      k, trained)
     else:
         t0 = time.time()
-        result = train_cycle(session, ids, labels, work, cycle=k)
+        result = train_cycle(session, ids, labels, work, cycle=k, measure=measure)
         out = {"train": [e.to_dict() for e in result.epochs], "seconds": {"train": time.time() - t0},
                **result.notes}
+        if measure is not None:
+            out.update(measured_td_cost(measure, out["seconds"]))
+            measure.save(trained / "measured_td")  # rank 0; before train.json, the marker
         if acc.is_main_process:
             _save_model(trained / "model.pt", acc.unwrap_model(session.model))
             atomic_write_json(trained / "train.json", out)  # after model.pt: the phase marker
@@ -133,6 +136,10 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
     t1 = time.time()
     metrics = evaluate(session)
     out.update({"accuracy": metrics["accuracy"], "test_samples": metrics["num_samples"]})
+    # per-class test counts: the report's balanced and minority-class accuracy (None without a
+    # labeled test split)
+    out.update(test_per_class_correct=metrics.get("per_class_correct"),
+               test_per_class_seen=metrics.get("per_class_seen"))
     if session.cfg.al.val_size:
         val = evaluate(session, "pool", ids=validation_ids(session.cfg))
         out.update(val_accuracy=val["accuracy"], val_samples=val["num_samples"])
@@ -146,16 +153,43 @@ def train_and_evaluate(session: Session, run_dir: Path, work: Path, k: int, ids:
     return out
 
 
+def candidate_measurer(session: Session, labeled: np.ndarray, k: int):
+    """For a strategy that scores measured TD: the measurer of this cycle's candidates (the same
+    draw scoring makes after training), else None."""
+    from tidal_dist.cycle.score import reads_measured_td
+    from tidal_dist.training.measure import CandidateMeasurer
+
+    cfg = session.cfg
+    if not reads_measured_td(get_strategy(cfg.al.strategy)):
+        return None
+    all_ids, _ = pool_ids(cfg)
+    unlabeled = np.setdiff1d(all_ids, labeled, assume_unique=True)
+    candidates = draw_candidates(unlabeled, cfg.al.subset_size, candidate_seed(cfg), k)
+    return CandidateMeasurer(session, candidates, cfg.al.td_measure_every)
+
+
+def measured_td_cost(measure, seconds: dict) -> dict:
+    """Move the measurement passes' seconds out of training's, and the cycle's record of them:
+    seconds, ratio to the cycle's training proper, number of measurements."""
+    spent = measure.seconds
+    seconds["train"] = max(seconds["train"] - spent, 0.0)
+    seconds["measure_td"] = spent
+    return {"measured_td": {"seconds": spent, "measurements": measure.measurements,
+                            "every": measure.every,
+                            "ratio_to_training": spent / seconds["train"] if seconds["train"] else None}}
+
+
 def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     cfg, acc, manifest = session.cfg, session.accelerator, session.manifest
     work = run_dir / "work" / f"cycle_{k:04d}"
     ids, labels = labeled_set_for(session, run_dir, k)
+    measure = candidate_measurer(session, ids, k)  # None unless the strategy reads measured TD
     seed_everything(cfg.run.seed * 1_000_003 + k, cfg.run.deterministic)  # resume == no resume
     if k > 0:
         _load_model(cycle_dir(run_dir, k - 1) / "model.pt", acc.unwrap_model(session.model))
     if acc.is_main_process:
         log.info("cycle %d/%d: %d labeled", k + 1, cfg.al.cycles, len(ids))
-    metrics = train_and_evaluate(session, run_dir, work, k, ids, labels)
+    metrics = train_and_evaluate(session, run_dir, work, k, ids, labels, measure)
 
     t0 = time.time()
     all_ids, _ = pool_ids(cfg)
@@ -166,7 +200,9 @@ def run_cycle(session: Session, run_dir: Path, k: int) -> None:
     ctx = ScoreContext(cycle_seed=subset_seed * 1_000_003 + k, al=cfg.al)
     network = acc.unwrap_model(session.model)
     logged = logged_scores(network) if cfg.al.log_scores else []
-    merged = score_pool(session, candidates, strategy, work / "scores", ctx, logged)
+    merged = score_pool(session, candidates, strategy, work / "scores", ctx, logged,
+                        previous_model=cycle_dir(run_dir, k - 1) / "model.pt" if k > 0 else None,
+                        measured=work / "trained" / "measured_td")
     labeled_kept, module = score_labeled(session, ids, work / "scores", strategy.keeps_labeled,
                                          work / "td" if session.records_td else None)
     faults.maybe_crash("after_score", k)
@@ -237,6 +273,8 @@ def commit_cycle(run_dir: Path, work: Path, k: int, ids: np.ndarray, labels: np.
     atomic_write(tmp / "queried.npz", lambda f: np.savez(f, **queried))
     save_scores(tmp / "scores.npz", merged)
     shutil.copytree(work / "td", tmp / "td", ignore=shutil.ignore_patterns("visit*"))
+    if (work / "trained" / "measured_td" / "ids.npy").exists():
+        shutil.copytree(work / "trained" / "measured_td", tmp / "measured_td")
     shutil.copyfile(work / "trained" / "model.pt", tmp / "model.pt")
     faults.maybe_crash("during_commit", k)
     metrics["seconds"]["commit"] = time.time() - t0

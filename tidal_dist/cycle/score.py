@@ -14,6 +14,7 @@ The labeled-set pass keeps what Core-set needs (`keeps_labeled`) and measures th
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import torch
 
 from tidal_dist.cycle.analysis import module_kl_sums
 from tidal_dist.cycle.parts import Field, PartWriter, merge_parts
-from tidal_dist.dynamics.buffer import TDBuffer
+from tidal_dist.dynamics.buffer import TDBuffer, rows_of
+from tidal_dist.dynamics.measured import load_measured
 from tidal_dist.job import preemption
 from tidal_dist.job.fsutil import atomic_write
 from tidal_dist.models.network import available_outputs
@@ -69,22 +71,74 @@ def _outputs(session, ids: torch.Tensor, out: dict[str, torch.Tensor]) -> Output
     backbone = getattr(session.accelerator.unwrap_model(session.model), "backbone", None)
     return Outputs(ids=ids, logits=out["logits"], td_logits=out.get("td_logits"),
                    embedding=out.get("embedding"), loss_pred=out.get("loss_pred"),
-                   classifier=getattr(backbone, "classifier", None))
+                   classifier=getattr(backbone, "classifier", None),
+                   reference_logits=out.get("reference_logits"),
+                   measured_mean=out.get("measured_mean"), measured_votes=out.get("measured_votes"),
+                   measured_count=out.get("measured_count"))
+
+
+def reads_measured_td(strategy: Strategy) -> bool:
+    return "measured_td" in strategy.needs
+
+
+class MeasuredRows:
+    """The candidates' measured TD (a snapshot of dynamics.measured.MeasuredTD), looked up per
+    scored batch as the measured_* outputs."""
+
+    def __init__(self, folder: Path):
+        snap = load_measured(folder)
+        self.ids, self.sum, self.votes, self.count = (snap["ids"], snap["sum"], snap["votes"],
+                                                      snap["count"])
+
+    def outputs(self, ids: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+        rows = rows_of(self.ids, ids, "the candidates' measured TD")
+        count = np.asarray(self.count[rows]).astype(np.float64)
+        mean = np.asarray(self.sum[rows]) / np.maximum(count, 1)[:, None]
+        return {"measured_mean": torch.from_numpy(mean).to(device),
+                "measured_votes": torch.from_numpy(np.asarray(self.votes[rows])).to(device),
+                "measured_count": torch.from_numpy(np.asarray(self.count[rows])).to(device)}
+
+def reference_network(session, weights: Path | None, seed: int) -> torch.nn.Module:
+    """A copy of the network with earlier weights, for strategies that need reference_logits
+    (TOD): `weights` (the previous cycle's committed model.pt, the same file on every rank), or,
+    without one (cycle 0), its layers' parameters re-drawn by reset_parameters under `seed`, so
+    every rank holds the same untrained network. Eval mode, on the network's device."""
+    network = copy.deepcopy(session.accelerator.unwrap_model(session.model))
+    if weights is not None:
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in network.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    return network.eval()
 
 
 def score_pool(session, candidates: np.ndarray, strategy: Strategy, out_dir: Path,
-               ctx: ScoreContext, logged: list[Strategy] = ()) -> dict[str, np.ndarray] | None:
+               ctx: ScoreContext, logged: list[Strategy] = (),
+               previous_model: Path | None = None,
+               measured: Path | None = None) -> dict[str, np.ndarray] | None:
     """Score `candidates` on every rank; rank 0 returns the merged fields in ascending id order
     (ids, uncertainty, reported, predicted, score_<name> per logged strategy, and the strategy's
-    kept vectors as memmaps); other ranks return None."""
+    kept vectors as memmaps); other ranks return None. `previous_model`: the weights a strategy
+    reading reference_logits compares with (none at cycle 0: see reference_network); `measured`:
+    the candidates' measured-TD snapshot, for strategies that read measured_td."""
     acc = session.accelerator
+    reference = None
+    if "reference_logits" in strategy.needs:
+        reference = reference_network(session, previous_model, ctx.cycle_seed)
+    measured_rows = MeasuredRows(measured) if reads_measured_td(strategy) else None
     fields = {**SCALARS, **{f"score_{s.name}": Field(np.float64) for s in logged},
               **_vector_fields(session, strategy.keeps)}
     writer = PartWriter(out_dir, "score", acc.process_index, _capacity(session, len(candidates)),
                         fields)
     bar = progress(total=len(candidates), desc="scoring", unit="candidates",
                    enabled=acc.is_main_process)
-    for ids, _labels, out in predict(session, "pool", session.cfg.al.score_batch_size, ids=candidates):
+    for ids, _labels, out in predict(session, "pool", session.cfg.al.score_batch_size, ids=candidates,
+                                     reference=reference):
+        if measured_rows is not None:
+            out.update(measured_rows.outputs(ids.numpy(), acc.device))
         outputs = _outputs(session, ids, out)
         u = strategy.uncertainty(outputs, ctx)
         rows = {"ids": ids.numpy(), "uncertainty": u.cpu().numpy(),

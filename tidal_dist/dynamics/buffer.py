@@ -66,12 +66,7 @@ class TDBuffer:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row index of each id; an id that is not in the buffer is an error, not a silent miss."""
-        ids = np.asarray(ids, dtype=np.int64)
-        rows = np.searchsorted(self.ids, ids)
-        bad = (rows >= len(self.ids)) | (self.ids[np.minimum(rows, len(self.ids) - 1)] != ids)
-        if bad.any():
-            raise KeyError(f"ids not in this cycle's labeled set: {ids[bad][:10].tolist()}")
-        return rows
+        return rows_of(self.ids, ids, "this cycle's labeled set")
 
     def flush(self) -> None:
         self.sum.flush()
@@ -82,6 +77,16 @@ class TDBuffer:
         """p̄ for every row (zeros for a row never visited)."""
         count = np.maximum(np.asarray(self.count), 1)[:, None]
         return np.asarray(self.sum) / count
+
+
+def rows_of(sorted_ids: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    """Row of each of `ids` in the ascending `sorted_ids`; KeyError naming `what` for a miss."""
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = np.searchsorted(sorted_ids, ids)
+    bad = (rows >= len(sorted_ids)) | (sorted_ids[np.minimum(rows, len(sorted_ids) - 1)] != ids)
+    if bad.any():
+        raise KeyError(f"ids not in {what}: {ids[bad][:10].tolist()}")
+    return rows
 
 
 def write_buffers(folder: str | os.PathLike, ids: np.ndarray, num_classes: int,

@@ -57,6 +57,27 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
     else:
         sec.figures["relative"] = plots.relative_curves(protocol, rows, folder / "relative_to_random.png")
     sec.tables["accuracy"] = tables.accuracy_table(protocol, rows, folder)
+    if baseline is not None and len(protocol.series) > plots.PAIRED_PANELS_ABOVE:
+        fig = plots.paired_differences(protocol, rows, folder / "paired_difference.png")
+        if fig:
+            sec.figures["paired_difference"] = fig
+    if imbalanced(protocol):
+        balanced = {s.label: stats.class_accuracy_rows(s, baseline, "balanced")
+                    for s in protocol.series}
+        if any(balanced.values()):
+            minority = {s.label: stats.class_accuracy_rows(s, baseline, "minority")
+                        for s in protocol.series}
+            sec.tables["class_accuracy"] = tables.class_accuracy_table(protocol, balanced, minority,
+                                                                       folder)
+            if baseline is not None:
+                fig = plots.paired_differences(protocol, balanced,
+                                               folder / "paired_difference_balanced.png",
+                                               what="balanced accuracy")
+                if fig:
+                    sec.figures["paired_difference_balanced"] = fig
+        else:
+            sec.skipped["class_accuracy"] = ("the runs' metrics hold no per-class test counts "
+                                             "(test_per_class_correct): runs of an older version")
     pairs = stats.same_training_pairs(protocol.series)
     if pairs:
         sec.tables["same_training"] = tables.same_training_table(
@@ -107,6 +128,14 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
         sec.skipped["datamaps"] = (f"no td/stats.npy or td/epochs/ in the cycles of "
                                    f"{', '.join(missing)}")
 
+    cost = {s.label: {"seconds": stats.per_cycle_values(s, "measured_td", "seconds"),
+                      "ratio": stats.per_cycle_values(s, "measured_td", "ratio_to_training"),
+                      "measurements": stats.per_cycle_values(s, "measured_td", "measurements")}
+            for s in protocol.series}
+    cost = {label: c for label, c in cost.items() if any(v.n for v in c["seconds"])}
+    if cost:
+        sec.tables["measured_td"] = tables.measured_cost_table(protocol, cost, labeled, folder)
+
     training = training_columns(protocol)
     if training:
         sec.tables["training"] = tables.training_table(protocol, training, labeled, folder)
@@ -117,6 +146,11 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
 
     export_cartography(sec, out, cartography_max_classes)
     return sec
+
+
+def imbalanced(protocol: Protocol) -> bool:
+    ratio = protocol.config.get("data.imbalance_ratio")
+    return isinstance(ratio, (int, float)) and ratio > 1
 
 
 TRAINING_COLUMNS = {"val_accuracy": "validation accuracy %",
@@ -204,6 +238,7 @@ def protocol_summary(protocol: Protocol) -> str:
 
 FIGURE_TITLES = [("accuracy", "Accuracy vs labels"),
                  ("relative", "Relative improvement over Random"),
+                 ("paired_difference", "Paired difference vs Random, with 95% intervals"),
                  ("queried_classes", "Classes of the queried samples"),
                  ("seconds", "Seconds per phase"),
                  ("module_kl", "Module analysis")]
@@ -222,12 +257,16 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
 
     figure(*FIGURE_TITLES[0])
     figure(*FIGURE_TITLES[1])
+    if "paired_difference" in sec.figures:
+        figure(*FIGURE_TITLES[2])
     lines.append("### Per cycle\n")
     lines.append(sec.tables["accuracy"])
     if max(len(s.runs) for s in p.series) == 1:
         lines.append("_One seed per strategy: no spread to compare a gap with; run more seeds "
                      "(`--seeds 0,1,2`) to see whether a gap is larger than the noise._\n")
-    lines.append(f"Std over seeds (n − 1); Δ and % paired by seed with Random. "
+    lines.append(f"Std over seeds (n − 1); Δ and % paired by seed with Random; the 95% interval "
+                 f"of Δ is Student's t with n − 1 degrees of freedom, **bold** where it excludes "
+                 f"zero. "
                  f"CSV: [{_rel(sec.folder / 'accuracy.csv', out)}]({_rel(sec.folder / 'accuracy.csv', out)})\n")
     if "same_training" in sec.tables or "same_training" in sec.skipped:
         lines.append("### The TiDAL paper's ablation: module vs classifier under the same training\n")
@@ -239,10 +278,31 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
             lines.append(sec.tables["same_training"])
         else:
             lines.append(f"_Skipped: {sec.skipped['same_training']}._\n")
-    for name, title in FIGURE_TITLES[2:]:
+    if "class_accuracy" in sec.tables or "class_accuracy" in sec.skipped:
+        lines.append("### Imbalanced pool: balanced and minority-class accuracy\n")
+        lines.append("Balanced accuracy is the mean of the per-class test accuracies; the "
+                     "minority classes are the tail half of the classes (the pool's rarest), "
+                     "their accuracy pooled over their test samples. Δ paired by seed with "
+                     "Random, 95% t-interval in bold where it excludes zero. CSV: "
+                     "class_accuracy.csv.\n")
+        if "paired_difference_balanced" in sec.figures:
+            lines.append(f"![Balanced accuracy, paired difference vs Random]"
+                         f"({_rel(sec.figures['paired_difference_balanced'], out)})\n")
+        if "class_accuracy" in sec.tables:
+            lines.append(sec.tables["class_accuracy"])
+        else:
+            lines.append(f"_Skipped: {sec.skipped['class_accuracy']}._\n")
+    for name, title in FIGURE_TITLES[3:]:
         figure(name, title)
         if name in sec.tables:
             lines.append(sec.tables[name])
+    if "measured_td" in sec.tables:
+        lines.append("### Cost of measuring the candidates' training dynamics\n")
+        lines.append("Seconds per cycle spent evaluating the candidate subset during training "
+                     "(`al.td_measure_every`), and their ratio to the cycle's training proper "
+                     "(which excludes them); TiDAL's module predicts the same quantity at no such "
+                     "cost. CSV: measured_td.csv.\n")
+        lines.append(sec.tables["measured_td"])
     lines.append("### Data maps\n")
     for name, path in sec.figures.items():
         if name.startswith("datamap_"):

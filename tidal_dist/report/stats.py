@@ -10,7 +10,13 @@ Conventions (used by every table and plot of the report):
       improvement    r = (acc - acc_random) / acc_random * 100   (percent of Random's accuracy)
   then mean, std and n over those seeds. Pairing removes the seed-to-seed spread that both runs
   share (the same initial set and candidate subsets), so a gap larger than the paired std is a gap
-  larger than the noise.
+  larger than the noise;
+- a paired difference also gets a 95% confidence interval for its mean, Student's t with n - 1
+  degrees of freedom: mean ± t_{0.975, n-1} * std / sqrt(n) (undefined for n < 2). The t quantile
+  is computed here (t_quantile), not taken from scipy;
+- balanced accuracy is the mean of the per-class accuracies on the test split; the minority
+  classes of an imbalanced protocol are the tail half of the classes (classes C/2..C-1 in
+  data/imbalance.py's order, whose counts fall from class 0, the head, to class C-1).
 """
 
 from __future__ import annotations
@@ -25,11 +31,74 @@ from tidal_dist.report.collect import Series
 NAN = float("nan")
 
 
+def t_two_sided_mass(t: float, dof: int) -> float:
+    """P(|T| < t) for Student's t with an integer number of degrees of freedom: the finite
+    series of Abramowitz & Stegun 26.7.3 (odd dof) and 26.7.4 (even dof), with
+    theta = atan(t / sqrt(dof))."""
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be >= 1 (got {dof})")
+    if t <= 0:
+        return 0.0
+    theta = math.atan(t / math.sqrt(dof))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if dof % 2 == 0:  # sin(th) * (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ... up to cos^(dof-2))
+        term, total = 1.0, 1.0
+        for j in range(1, dof // 2):
+            term *= c2 * (2 * j - 1) / (2 * j)
+            total += term
+        return s * total
+    # 2/pi * (theta + sin(th) cos(th) (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ... up to cos^(dof-3)))
+    if dof == 1:
+        return 2.0 / math.pi * theta
+    term, total = 1.0, 1.0
+    for j in range(1, (dof - 1) // 2):
+        term *= c2 * (2 * j) / (2 * j + 1)
+        total += term
+    return 2.0 / math.pi * (theta + s * math.cos(theta) * total)
+
+
+def t_quantile(level: float, dof: int) -> float:
+    """The t with P(|T| < t) = level (two-sided; 0.95 gives t_{0.975, dof}), by bisection on
+    t_two_sided_mass, which rises monotonically in t."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"confidence level must be in (0, 1) (got {level})")
+    lo, hi = 0.0, 1.0
+    while t_two_sided_mass(hi, dof) < level:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_two_sided_mass(mid, dof) < level else (lo, mid)
+        if hi - lo < 1e-12 * hi:
+            break
+    return 0.5 * (lo + hi)
+
+
+CONFIDENCE = 0.95
+
+
 @dataclass
 class Spread:
     mean: float
     std: float  # sample std (ddof=1); NaN when n < 2
     n: int
+
+    @property
+    def half_width(self) -> float:
+        """Half the 95% t-interval of the mean: t_{0.975, n-1} * std / sqrt(n); NaN for n < 2."""
+        if self.n < 2 or not math.isfinite(self.std):
+            return NAN
+        return t_quantile(CONFIDENCE, self.n - 1) * self.std / math.sqrt(self.n)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        h = self.half_width
+        return (self.mean - h, self.mean + h)
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the 95% interval lies wholly above or below zero (never for n < 2)."""
+        lo, hi = self.interval
+        return math.isfinite(lo) and (lo > 0 or hi < 0)
 
     @classmethod
     def of(cls, values: list[float]) -> Spread:
@@ -74,6 +143,43 @@ def cycle_rows(series: Series, baseline: Series | None) -> list[CycleRow]:
             row.difference = Spread.of([acc[s] - base[s] for s in seeds])
             row.improvement = Spread.of([(acc[s] - base[s]) / base[s] * 100.0 for s in seeds
                                          if base[s] > 0])
+        rows.append(row)
+    return rows
+
+
+def class_accuracy_at(series: Series, cycle: int, kind: str) -> dict[int, float]:
+    """seed -> balanced ("balanced": mean over classes) or minority-class ("minority": pooled over
+    the tail half of the classes) test accuracy (%) at `cycle`, for the runs that recorded
+    per-class counts (metrics test_per_class_correct / test_per_class_seen)."""
+    out = {}
+    for r in series.runs:
+        m = r.cycles[cycle] if cycle < len(r.cycles) else {}
+        correct, seen = m.get("test_per_class_correct"), m.get("test_per_class_seen")
+        if not correct or not seen or len(correct) != len(seen):
+            continue
+        c, n = np.asarray(correct, dtype=np.float64), np.asarray(seen, dtype=np.float64)
+        if kind == "balanced":
+            present = n > 0
+            out[r.seed] = 100.0 * float(np.mean(c[present] / n[present]))
+        else:
+            tail = slice(len(n) // 2, None)
+            if n[tail].sum() > 0:
+                out[r.seed] = 100.0 * float(c[tail].sum() / n[tail].sum())
+    return out
+
+
+def class_accuracy_rows(series: Series, baseline: Series | None, kind: str) -> list[CycleRow]:
+    """cycle_rows for balanced or minority-class accuracy; empty when no run recorded it."""
+    rows = []
+    for k in range(num_cycles(series)):
+        acc = class_accuracy_at(series, k, kind)
+        if not acc:
+            continue
+        row = CycleRow(cycle=k, labeled=labeled_at(series, k), accuracy=Spread.of(list(acc.values())))
+        if baseline is not None and baseline is not series:
+            base = class_accuracy_at(baseline, k, kind)
+            seeds = sorted(set(acc) & set(base))
+            row.difference = Spread.of([acc[s] - base[s] for s in seeds])
         rows.append(row)
     return rows
 

@@ -4,6 +4,8 @@ accuracy.csv columns, one row per (cycle, series):
     cycle, labeled, strategy, objective, n, acc_mean, acc_std,
     diff_mean, diff_std, diff_n        paired difference vs Random, percentage points
     rel_mean, rel_std, rel_n           paired relative improvement over Random, percent
+    diff_ci_low, diff_ci_high          95% t-interval of diff_mean (n - 1 dof; stats.py)
+    diff_ci_excludes_zero              1 when that interval lies wholly above or below 0, else 0
 Empty cells: undefined (a std of one seed; no Random run; Random itself).
 """
 
@@ -19,7 +21,8 @@ from tidal_dist.report.collect import Protocol, Series
 from tidal_dist.report.stats import CycleRow, Spread
 
 ACCURACY_COLUMNS = ["cycle", "labeled", "strategy", "objective", "n", "acc_mean", "acc_std",
-                    "diff_mean", "diff_std", "diff_n", "rel_mean", "rel_std", "rel_n"]
+                    "diff_mean", "diff_std", "diff_n", "rel_mean", "rel_std", "rel_n",
+                    "diff_ci_low", "diff_ci_high", "diff_ci_excludes_zero"]
 
 
 def cell(x: float | int | str | None) -> str:
@@ -52,6 +55,24 @@ def pm(s: Spread | None, digits: int = 2, n: bool = False) -> str:
     return text + (f" (n={s.n})" if n else "")
 
 
+def ci(s: Spread | None, digits: int = 2) -> str:
+    """'[+0.52, +1.90]' for a paired difference's 95% t-interval, in bold when it excludes zero;
+    '–' where undefined (one seed, no pairing)."""
+    if s is None or s.n < 2 or math.isnan(s.half_width):
+        return "–"
+    lo, hi = s.interval
+    text = f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return f"**{text}**" if s.excludes_zero else text
+
+
+def ci_cells(s: Spread | None) -> list:
+    """The CSV's diff_ci_low, diff_ci_high, diff_ci_excludes_zero cells."""
+    if s is None or s.n < 2:
+        return [None, None, None]
+    lo, hi = s.interval
+    return [lo, hi, int(s.excludes_zero)]
+
+
 def markdown(columns: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -71,13 +92,13 @@ def accuracy_table(protocol: Protocol, rows: dict[str, list[CycleRow]], folder: 
             csv_rows.append([k, r.labeled, s.strategy, s.objective, r.accuracy.n, r.accuracy.mean,
                              r.accuracy.std, d.mean if d else None, d.std if d else None,
                              d.n if d else None, i.mean if i else None, i.std if i else None,
-                             i.n if i else None])
+                             i.n if i else None] + ci_cells(d))
             md_rows.append([str(k), str(r.labeled), s.label, str(r.accuracy.n), pm(r.accuracy),
-                            pm(d, n=True) if d is not None else "–",
+                            pm(d, n=True) if d is not None else "–", ci(d),
                             pm(i) if i is not None else "–"])
     write_csv(folder / "accuracy.csv", ACCURACY_COLUMNS, csv_rows)
     text = markdown(["cycle", "labels", "strategy", "seeds", "accuracy % (mean ± std)",
-                     "Δ vs Random, pp (paired)", "vs Random, % (paired)"], md_rows)
+                     "Δ vs Random, pp (paired)", "95% CI of Δ", "vs Random, % (paired)"], md_rows)
     atomic_write_text(folder / "accuracy.md", text)
     return text
 
@@ -94,15 +115,70 @@ def same_training_table(pairs: list[tuple[Series, Series, list[CycleRow], list[C
             d = r.difference
             csv_rows.append([r.cycle, r.labeled, module.label, classifier.label, r.accuracy.mean,
                              r.accuracy.std, r.accuracy.n, c.accuracy.mean, c.accuracy.std,
-                             c.accuracy.n, d.mean, d.std, d.n])
+                             c.accuracy.n, d.mean, d.std, d.n] + ci_cells(d))
             md_rows.append([str(r.cycle), str(r.labeled), f"{module.label} vs {classifier.label}",
-                            pm(r.accuracy), pm(c.accuracy), pm(d, n=True)])
+                            pm(r.accuracy), pm(c.accuracy), pm(d, n=True), ci(d)])
     write_csv(folder / "same_training.csv",
               ["cycle", "labeled", "module_series", "classifier_series", "module_acc_mean",
                "module_acc_std", "module_acc_n", "classifier_acc_mean", "classifier_acc_std",
-               "classifier_acc_n", "diff_mean", "diff_std", "diff_n"], csv_rows)
+               "classifier_acc_n", "diff_mean", "diff_std", "diff_n", "diff_ci_low", "diff_ci_high",
+               "diff_ci_excludes_zero"], csv_rows)
     return markdown(["cycle", "labels", "module score vs classifier score", "module %",
-                     "classifier %", "Δ module − classifier, pp (paired)"], md_rows)
+                     "classifier %", "Δ module − classifier, pp (paired)", "95% CI of Δ"],
+                    md_rows)
+
+
+def class_accuracy_table(protocol: Protocol, balanced: dict[str, list[CycleRow]],
+                         minority: dict[str, list[CycleRow]], folder: Path) -> str:
+    """class_accuracy.csv / markdown: per (cycle, series), balanced accuracy (mean of the
+    per-class test accuracies) and minority-class accuracy (tail half of the classes), each with
+    its paired difference vs Random and that difference's 95% t-interval."""
+    csv_rows, md_rows = [], []
+    cycles = max((len(r) for r in balanced.values()), default=0)
+    for k in range(cycles):
+        for s in protocol.series:
+            b = next((r for r in balanced.get(s.label, []) if r.cycle == k), None)
+            m = next((r for r in minority.get(s.label, []) if r.cycle == k), None)
+            if b is None:
+                continue
+            row = [k, b.labeled, s.strategy, s.objective]
+            for r in (b, m):
+                d = r.difference if r is not None else None
+                row += ([r.accuracy.mean, r.accuracy.std, r.accuracy.n] if r else [None] * 3)
+                row += ([d.mean, d.std, d.n] if d else [None] * 3) + ci_cells(d)
+            csv_rows.append(row)
+            md_rows.append([str(k), str(b.labeled), s.label, pm(b.accuracy), pm(b.difference), ci(b.difference),
+                            pm(m.accuracy) if m else "–", pm(m.difference) if m else "–",
+                            ci(m.difference) if m else "–"])
+    columns = ["cycle", "labeled", "strategy", "objective"]
+    for name in ("balanced", "minority"):
+        columns += [f"{name}_acc_mean", f"{name}_acc_std", f"{name}_acc_n", f"{name}_diff_mean",
+                    f"{name}_diff_std", f"{name}_diff_n", f"{name}_diff_ci_low",
+                    f"{name}_diff_ci_high", f"{name}_diff_ci_excludes_zero"]
+    write_csv(folder / "class_accuracy.csv", columns, csv_rows)
+    return markdown(["cycle", "labels", "strategy", "balanced acc %", "Δ vs Random, pp",
+                     "95% CI", "minority-class acc %", "Δ vs Random, pp", "95% CI"], md_rows)
+
+
+def measured_cost_table(protocol: Protocol, cost: dict[str, dict[str, list[Spread]]],
+                        labeled: dict[str, list[int]], folder: Path) -> str:
+    """measured_td.csv / markdown: per (cycle, series) that measured candidate TD, the
+    measurements' seconds, their ratio to the cycle's training and their number (mean ± std)."""
+    csv_rows, md_rows = [], []
+    for s in protocol.series:
+        c = cost.get(s.label)
+        if not c:
+            continue
+        for k, (sec, ratio, n) in enumerate(zip(c["seconds"], c["ratio"], c["measurements"])):
+            csv_rows.append([k, labeled[s.label][k], s.strategy, s.objective, sec.mean, sec.std,
+                             ratio.mean, ratio.std, n.mean, sec.n])
+            md_rows.append([str(k), str(labeled[s.label][k]), s.label, pm(sec, 1), pm(ratio, 2),
+                            pm(n, 0)])
+    write_csv(folder / "measured_td.csv", ["cycle", "labeled", "strategy", "objective",
+                                           "seconds_mean", "seconds_std", "ratio_mean",
+                                           "ratio_std", "measurements", "n"], csv_rows)
+    return markdown(["cycle", "labels", "strategy", "measuring s", "÷ training s",
+                     "measurements"], md_rows)
 
 
 def seconds_table(protocol: Protocol, seconds: dict[str, dict[str, Spread]], folder: Path) -> str:

@@ -14,6 +14,15 @@ Convention: HIGHER uncertainty = picked first (selection.top_k). A strategy whos
     coreset           k-center greedy on embeddings                set-based    ce
     badge             k-means++ on gradient embeddings             set-based    ce
     tidal_cluster     TiDAL-H shortlist, k-means for diversity     set-based    tidal
+    dynamical         dynamicAL: last-layer training dynamics      per-sample   ce
+                      under the model's own pseudo-label
+    tod               TOD: output discrepancy vs the previous      per-sample   ce
+                      cycle's final weights (COD)
+    td_measured_entropy   entropy of the measured TD (running-mean  per-sample   ce
+                      softmax of the candidates during training)
+    td_measured_margin    margin of the measured TD                per-sample   ce
+    label_dispersion  Bengar et al.: how often the measured label  per-sample   ce
+                      changed during training
 
 (last column: the objective train.objective=auto trains with)
 """
@@ -21,13 +30,13 @@ Convention: HIGHER uncertainty = picked first (selection.top_k). A strategy whos
 from __future__ import annotations
 
 from tidal_dist.job.errors import UserError
-from tidal_dist.strategies.base import (OUTPUTS, Outputs, ScoreContext, Selection, SelectionInputs,
-                                        Strategy, register, registry)
+from tidal_dist.strategies.base import (OUTPUTS, SCORING_OUTPUTS, Outputs, ScoreContext, Selection,
+                                        SelectionInputs, Strategy, register, registry)
 
 # Importing the modules registers their strategies.
 from tidal_dist.strategies import (  # noqa: E402,F401
-    badge, bald, coreset, entropy, least_confidence, lloss, margin, random_sampling, tidal,
-    tidal_cluster, typiclust)
+    badge, bald, coreset, dynamical, entropy, label_dispersion, least_confidence, lloss, margin,
+    random_sampling, td_measured_entropy, td_measured_margin, tidal, tidal_cluster, tod, typiclust)
 
 
 def get_strategy(name: str) -> Strategy:
@@ -42,6 +51,7 @@ def check_outputs(strategy: Strategy, have: set[str], objective: str) -> None:
     """UserError, before any training, if the network cannot produce what the strategy reads.
     `have`: models.available_outputs of the network built for this run."""
     wanted = strategy.needs | strategy.keeps | strategy.keeps_labeled
+    have = set(have) | SCORING_OUTPUTS
     if "td_logits" in wanted - have:
         raise UserError(f"config key 'train.record_td': strategy '{strategy.name}' scores with the "
                         f"TD module, which train.objective={objective} only trains with "
@@ -59,5 +69,5 @@ def check_outputs(strategy: Strategy, have: set[str], objective: str) -> None:
                         f"which this network does not produce")
 
 
-__all__ = ["OUTPUTS", "Outputs", "ScoreContext", "Selection", "SelectionInputs", "Strategy",
+__all__ = ["OUTPUTS", "SCORING_OUTPUTS", "Outputs", "ScoreContext", "Selection", "SelectionInputs", "Strategy",
            "check_outputs", "get_strategy", "register", "registry"]

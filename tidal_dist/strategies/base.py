@@ -28,7 +28,12 @@ from tidal_dist.config import ALConfig
 _REGISTRY: dict[str, "Strategy"] = {}
 
 # The per-sample outputs scoring can produce (eval mode, no augmentation).
-OUTPUTS = ("logits", "td_logits", "embedding", "loss_pred", "mc_probs")
+OUTPUTS = ("logits", "td_logits", "embedding", "loss_pred", "mc_probs", "reference_logits",
+           "measured_td")
+# Outputs the cycle itself provides, whatever the network: reference_logits, the candidates'
+# logits under a second set of weights of the same network (cycle/score.py: TOD's earlier model);
+# measured_td, the candidates' TD measured during training (training/measure.py).
+SCORING_OUTPUTS = frozenset({"reference_logits", "measured_td"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,12 @@ class Outputs:
     td_logits: torch.Tensor | None = None  # TD module logits [B, C]
     embedding: torch.Tensor | None = None  # pooled penultimate features [B, D]
     loss_pred: torch.Tensor | None = None  # predicted loss [B]
+    reference_logits: torch.Tensor | None = None  # logits under the reference weights [B, C]
+    # measured_td: the running mean of the measured softmax [B, C], the measurements' argmax
+    # votes per class [B, C] and their number [B] (dynamics/measured.py)
+    measured_mean: torch.Tensor | None = None
+    measured_votes: torch.Tensor | None = None
+    measured_count: torch.Tensor | None = None
     # The classifier's last layer, for strategies that perturb the embedding (BALD's MC dropout).
     classifier: Callable[[torch.Tensor], torch.Tensor] | None = None
 

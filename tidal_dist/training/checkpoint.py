@@ -4,6 +4,7 @@ Layout, inside a cycle's work folder:
     ckpt/latest                 text: the name of the newest complete checkpoint
     ckpt/e0004_s0000/           train_state.pt (rank 0), rng.rank{R}.pt (each rank), td/ snapshot
                                 (gathered from every rank's device rows, written by rank 0),
+                                measured_td/ (the candidates' measured TD, when measured),
                                 meta.json (epoch, step, partial-epoch sums)
 
 A checkpoint folder is written under a `.partial` name and renamed when complete, and `latest` is
@@ -84,7 +85,7 @@ def latest(ckpt_root: Path) -> Path | None:
 
 
 def save(acc, model, optimizer, scheduler, td, ckpt_root: Path, epoch: int, step: int,
-         sums: torch.Tensor, epochs: list[dict] | None = None) -> None:
+         sums: torch.Tensor, epochs: list[dict] | None = None, measured=None) -> None:
     """Collective: every rank calls it at the same step boundary. `td` (dynamics.DeviceTD) is
     gathered into the checkpoint's td/ folder by rank 0.
 
@@ -104,6 +105,8 @@ def save(acc, model, optimizer, scheduler, td, ckpt_root: Path, epoch: int, step
     if zero is not None:
         _save_zero_partition(zero, tmp / f"optim.rank{acc.process_index}.pt")
     td.save(tmp / "td")
+    if measured is not None:  # training.measure.CandidateMeasurer: rank 0 writes it
+        measured.save(tmp / "measured_td")
     acc.wait_for_everyone()
     if acc.is_main_process:
         torch.save({"model": acc.unwrap_model(model).state_dict(),

@@ -19,10 +19,12 @@ from tidal_dist.job import faults, preemption
 
 
 def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None, forward=None,
+            reference: torch.nn.Module | None = None,
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """Yield (ids, labels, outputs) for this rank's share of `split` (or of `ids`): outputs is the
     network's dict (logits, embedding, td_logits, loss_pred as it has them), float32 on the
-    device; ids and labels stay on the CPU."""
+    device; ids and labels stay on the CPU. With `reference` (a second network, in eval mode on
+    the same device), outputs also holds its logits on the same batch as "reference_logits"."""
     cfg, acc = session.cfg, session.accelerator
     decoder = None
     if use_tensor_decode(cfg.data.decode, session.manifest, acc.device.type == "cuda"):
@@ -52,6 +54,8 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
                 with acc.autocast():
                     x = session.to_device(x, model)
                     out = model(x) if forward is None else forward(model, x)
+                    if reference is not None:
+                        out["reference_logits"] = reference(x)["logits"]
                 yield batch_ids, y, {name: value.float() for name, value in out.items()}
     finally:
         model.train(was_training)

@@ -81,9 +81,11 @@ def epoch_seed(cfg: Config, cycle: int) -> int:
 
 
 def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, work_dir: Path,
-                cycle: int) -> CycleResult:
+                cycle: int, measure=None) -> CycleResult:
     """Train for cfg.train.epochs epochs on `labeled_ids` (with `labels`, aligned), recording TD in
-    work_dir/td and checkpointing in work_dir/ckpt; resumes from the newest checkpoint there."""
+    work_dir/td and checkpointing in work_dir/ckpt; resumes from the newest checkpoint there.
+    `measure` (training.measure.CandidateMeasurer): measures the candidates' TD after the epochs
+    it is due, checkpointed with the rest."""
     from tidal_dist.job import faults, preemption
     from tidal_dist.training import checkpoint
 
@@ -123,6 +125,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         td = NoTD(session.num_classes, rank)
     if resume is not None:
         td.load(resume / "td")
+        if measure is not None:
+            measure.load(resume / "measured_td")
     if uses_feature_cache(cfg):  # a frozen backbone's outputs, computed once for the cycle
         batches = FeatureBatches(session, labeled_ids, batch, announce=acc.is_main_process)
     else:
@@ -167,7 +171,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
                 bar.set_postfix(loss=f"{total.item():.3f}")
             if preemption.agreed(acc.device):
                 checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch, step + 1,
-                                sums, epochs=[e.to_dict() for e in result.epochs])
+                                sums, epochs=[e.to_dict() for e in result.epochs], measured=measure)
                 raise preemption.Preempted(f"cycle {cycle}, epoch {epoch + 1}, step {step + 1}")
         bar.close()
         lr = scheduler.get_last_lr()[0]  # the rate this epoch trained with
@@ -176,6 +180,8 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
             td.write_epoch_probs(td_dir / "epochs" / f"probs_e{epoch:04d}.npy")
         if epoch + 1 < cfg.train.epochs:
             td.advance()
+        if measure is not None:
+            measure.after_epoch(epoch)
 
         total_sums = acc.reduce(sums.clone(), reduction="sum").tolist()
         n = max(total_sums[-1], 1.0)
@@ -189,7 +195,7 @@ def train_cycle(session: Session, labeled_ids: np.ndarray, labels: np.ndarray, w
         every = cfg.train.checkpoint_every
         if every > 0 and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
             checkpoint.save(acc, model, optimizer, scheduler, td, ckpt_root, epoch + 1, 0, sums,
-                            epochs=[e.to_dict() for e in result.epochs])
+                            epochs=[e.to_dict() for e in result.epochs], measured=measure)
     td.save(td_dir)  # rank 0 writes the committed buffers, in id order
     acc.wait_for_everyone()
     sync_buffers(session.model)

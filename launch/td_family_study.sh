@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The study of docs/results.md's "Imbalanced pools" and "The training-dynamics family" sections:
+# Fashion-MNIST at imbalance ratio 10 and 100, and the measured-TD strategies, dynamicAL and TOD on
+# the balanced protocol, 3 seeds, as resumable sweeps run one after another (each `--jobs 2`).
+# Most informative first: seed 0 of every IR-10 series, then its other seeds, then IR 100, then
+# the balanced additions. Rerunning this script resumes where it stopped (finished runs are
+# skipped, unfinished ones resume from their last checkpoint).
+#
+#   OUT=runs-study nice -n 5 bash launch/td_family_study.sh      # OUT defaults to runs-study
+#   tidal-dist report OUT/imb10_* --out docs/results/imbalanced10 --cartography-max-classes 0
+#
+# TIDAL_DIST (default: tidal-dist) is the command that runs the package.
+set -euo pipefail
+OUT=${OUT:-runs-study}
+TD=${TIDAL_DIST:-tidal-dist}
+IMB10="random,margin,tidal_entropy,tidal_margin,td_measured_margin,label_dispersion,td_measured_entropy,dynamical,tod,entropy,badge"
+IMB100="random,margin,tidal_entropy,tidal_margin,td_measured_margin"
+BALANCED="random,td_measured_entropy,td_measured_margin,label_dispersion,dynamical,tod"
+
+sweep() {  # sweep CONFIG OUT STRATEGIES SEEDS [OVERRIDES...]
+  local config=$1 out=$2 strategies=$3 seeds=$4
+  shift 4
+  echo "== $(date -u +%FT%TZ) sweep $out ($strategies; seeds $seeds)"
+  $TD sweep --config "$config" --out "$OUT/$out" --strategies "$strategies" --seeds "$seeds" \
+    --jobs 2 "$@"
+}
+
+for seeds in 0 1,2; do
+  tag=${seeds/,/}
+  sweep configs/fashion_mnist_imb10.yaml "imb10_seeds$tag" "$IMB10" "$seeds"
+  sweep configs/fashion_mnist_imb10.yaml "imb10_ablation_seeds$tag" entropy,margin "$seeds" \
+    train.objective=tidal
+done
+sweep configs/fashion_mnist_imb100.yaml imb100 "$IMB100" 0,1,2
+sweep configs/fashion_mnist_study.yaml balanced_td_family "$BALANCED" 0,1,2 al.td_measure_every=4
+echo "== $(date -u +%FT%TZ) done"
