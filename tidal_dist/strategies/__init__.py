@@ -14,6 +14,8 @@ Convention: HIGHER uncertainty = picked first (selection.top_k). A strategy whos
     coreset           k-center greedy on embeddings                set-based    ce
     badge             k-means++ on gradient embeddings             set-based    ce
     tidal_cluster     TiDAL-H shortlist, k-means for diversity     set-based    tidal
+    typiclust         TypiClust: typical samples of uncovered      set-based    ce
+                      k-means clusters (also al.initial_strategy)
     dynamical         dynamicAL: last-layer training dynamics      per-sample   ce
                       under the model's own pseudo-label
     tod               TOD: output discrepancy vs the previous      per-sample   ce
