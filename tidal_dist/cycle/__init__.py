@@ -7,7 +7,11 @@
     score      per-candidate outputs, sharded across ranks, merged on rank 0
     parts      per-rank part files and their merge
     analysis   module-vs-classifier scores and KL sums for the report
-    oracle     who labels the queries: the stored labels, or a person through a file
+    oracle     who labels the queries: the stored labels, or a person (labels files, exports)
+    initial    cycle 0's set: a seeded draw or TypiClust, labeled by a person first if one is the oracle
+    queries    what a person labels: the queries with their images, predictions and scores
+    label_studio  the Label Studio oracle: project, tasks, predictions, annotations back
+    predict    `tidal-dist predict`: a committed cycle's model over the rest of the pool
 
-Imports training and every room below it; only sweep/ and cli.py import this room.
+Imports training and every room below it; only sweep/, report/, api/ and cli.py import this room.
 """
