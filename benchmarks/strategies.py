@@ -71,7 +71,7 @@ def dataset(work: Path, n_pool: int) -> Path:
 def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     from tidal_dist.config import load_config
     from tidal_dist.cycle.loop import select
-    from tidal_dist.cycle.score import score_labeled, score_pool
+    from tidal_dist.cycle.score import reads_measured_td, score_labeled, score_pool
     from tidal_dist.strategies import ScoreContext, get_strategy, registry
     from tidal_dist.training.session import build_session
 
@@ -96,7 +96,11 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     ctx = ScoreContext(cycle_seed=1, al=cfg.al)
     # Warm the page cache, the allocator and the kernels before anything is timed.
     score_pool(session, candidates[:2000], get_strategy("tidal_entropy"), work / "warm-up", ctx)
-    order = ["tidal_entropy"] + [s for s in sorted(registry()) if s != "tidal_entropy"] + ["tidal_entropy"]
+    # The measured-TD strategies score what was measured while training (their cost is that
+    # measurement, recorded in each cycle's metrics), so a scoring pass alone cannot time them.
+    timed = [s for s in sorted(registry()) if s != "tidal_entropy"
+             and not reads_measured_td(get_strategy(s))]
+    order = ["tidal_entropy"] + timed + ["tidal_entropy"]
     runs: dict[str, list[dict]] = {}
     for name in order:
         strategy = get_strategy(name)

@@ -204,10 +204,13 @@ def test_only_rank_0_writes_shared_files(synthetic_dataset, tmp_path):
     # The TD gather is collective, in memory: while training, rank 1 opens no file in the run
     # dir (its RNG state in each checkpoint goes through torch.save's C++ writer, which the
     # audit does not see; its name carries the rank); its only files are its scoring parts
-    # (candidates, and the labeled set where a strategy keeps its embeddings).
+    # (candidates, and the labeled set where a strategy keeps its embeddings), and the note of
+    # its host and pid at start (process.rank1.json: names a rank that is killed).
     # Rank 0 writes TD files only at checkpoints and the cycle's end, never per-epoch visits.
     assert rank1["all_writes"], "the audit saw no write at all"
-    training = [p for p in rank1["all_writes"] if "/scores/" not in p]
+    training = [p for p in rank1["all_writes"]
+                if "/scores/" not in p and not os.path.basename(p).startswith((
+                    "process.rank1.json", ".process.rank1.json."))]
     assert training == [], training
     assert not [p for p in rank0["all_writes"] if "visit" in os.path.basename(p)]
 

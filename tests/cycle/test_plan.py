@@ -24,6 +24,8 @@ STAND_INS = {
     "fashion_mnist.yaml": ("synthetic:300,10,28x28,1", 200),
     "fashion_mnist_demo.yaml": ("synthetic:300,10,28x28,1", 200),
     "fashion_mnist_study.yaml": ("synthetic:300,10,28x28,1", 200),
+    "fashion_mnist_imb10.yaml": ("synthetic:300,10,28x28,1", 200),
+    "fashion_mnist_imb100.yaml": ("synthetic:300,10,28x28,1", 200),
     "inat2018.yaml": ("synthetic:200,8142,16x12,3", 4096),
     "imagenet_timm.yaml": ("synthetic:200,1000,16x12,3", 4096),
     # the templates for one's own data: any number of classes, images resized to 224
