@@ -3,7 +3,9 @@ tests/label_studio_server.py): the project is created with the dataset's classes
 are pushed with their images and predictions, a labeler logs in and annotates through the REST
 API as the browser does, a damaged set of annotations is refused with nothing written, and the
 run finishes with labels entered only in Label Studio; `tidal-dist predict` then labels the rest
-of the pool. The pool's stored labels are replaced by wrong ones: nothing here may read them."""
+of the pool. The pool is an image folder with no labels at all (pool/, no class folders, no
+evaluation split): the labeler reads each image's class off its file name, as a person reads it
+off the picture."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import pytest
 
 from tests import label_studio_server
 from tests.mp import run_module, tail
-from tidal_dist.data.manifest import load_labels, load_manifest
+from tidal_dist.data.manifest import load_keys, load_labels, load_manifest
+
+CLASSES = 5
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +90,29 @@ def queries(run_dir, stage):
 
 
 @pytest.mark.timeout(1200)  # six runs of the product, a server start (migrations: first time only)
-def test_a_run_labeled_only_in_label_studio(server, synthetic_dataset, copy_dataset):
-    root = copy_dataset(synthetic_dataset)
-    truth = load_labels(root, "pool")
-    np.save(root / "pool-labels.npy", (truth + 2) % 5)
+def unlabeled_image_folder(base):
+    """ROOT/pool/** with 60 PNGs and no class folders; each file's name says its class (c3_...)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        folder = base / "images" / "pool" / f"shoot{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            folder / f"c{i % CLASSES}_{i:03d}.png")
+    (base / "classes.txt").write_text("".join(f"kind{c}\n" for c in range(CLASSES)))
+    root = base / "shards"
+    proc = run_module(["prepare", "--source", f"imagefolder:{base / 'images'}", "--classes",
+                       str(base / "classes.txt"), "--out", str(root), "--shard-size", "16"])
+    assert proc.returncode == 0, tail(proc)
+    return root
+
+
+def test_a_run_labeled_only_in_label_studio(server, tmp_path):
+    root = unlabeled_image_folder(tmp_path)
+    assert (load_labels(root, "pool") == -1).all()  # no label anywhere to read by mistake
+    # what the labeler sees: the class is in the file name (pool/shoot1/c3_008.png -> 3)
+    truth = np.array([int(key.rsplit("/", 1)[1][1]) for key in load_keys(root, "pool")])
     names = load_manifest(root).class_names
     run_dir = server.document_root / "run"
     labeler = Labeler(server.url)
