@@ -181,7 +181,7 @@ def test_a_run_labeled_only_in_label_studio(server, labeler, token, pool_root, t
                              env=env)
     assert unreachable.returncode == 3 and not unreachable.stderr, tail(unreachable)
     assert "8 of 8 Label Studio tasks still open" in unreachable.stdout
-    (why,) = [line for line in unreachable.stdout.splitlines() if "not asked" in line]
+    (why,) = [line for line in unreachable.stdout.splitlines() if "not counted now" in line]
     assert "ConnectError" in why and "recorded" in why
 
     for i in sorted(by_id)[1:5]:

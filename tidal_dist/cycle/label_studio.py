@@ -247,7 +247,7 @@ def open_tasks_note(run_dir: Path, cfg=None) -> str | None:
 
     from tidal_dist.config import RUN_CONFIG_NAME, load_config
 
-    not_live = "Label Studio not asked for the open tasks now"
+    not_live = "Label Studio's open tasks not counted now"
     recorded = "the count above is the one recorded when the run stopped"
     run_dir = Path(run_dir).resolve()
     if cfg is None:
@@ -263,7 +263,7 @@ def open_tasks_note(run_dir: Path, cfg=None) -> str | None:
     except (OSError, ValueError) as e:
         return f"{not_live}: {run_dir / STATE_NAME} is unreadable ({e}); {recorded}"
     stage = _waiting_stage(run_dir, state)
-    if "project" not in state or stage is None:
+    if not isinstance(state.get("project"), int) or stage is None:
         return (f"{not_live}: {run_dir / STATE_NAME} names no project with a stage waiting for "
                 f"labels; {recorded}")
     if state.get("url") != cfg.al.label_studio_url:
@@ -274,13 +274,13 @@ def open_tasks_note(run_dir: Path, cfg=None) -> str | None:
                 f"token) is not set; {recorded}")
     try:
         client = _client(cfg, timeout=STATUS_TIMEOUT_S, max_retries=0)
-        tasks = _stage_tasks(cfg, client, int(state["project"]), stage)
+        tasks = _stage_tasks(cfg, client, state["project"], stage)
     except UserError as e:
         return f"{not_live}: {_one_line(str(e))}; {recorded}"
     open_count = sum(1 for t in tasks if not t.get("annotations"))
     where = (f"project '{state.get('title', state['project'])}' "
              f"({cfg.al.label_studio_url}/projects/{state['project']})")
-    what = describe(INITIAL if stage == INITIAL else int(stage.removeprefix("cycle_")))
+    what = describe(stage) if stage == INITIAL else f"cycle {stage.removeprefix('cycle_')}"
     if tasks and not open_count:
         return (f"Label Studio now: all {len(tasks)} tasks of {what} are annotated in {where}; "
                 f"run the same command again to import them")
