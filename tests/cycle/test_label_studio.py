@@ -23,6 +23,7 @@ import pytest
 
 from tests import label_studio_server
 from tests.mp import run_module, tail
+from tidal_dist.cli import main
 from tidal_dist.data.manifest import load_keys, load_labels, load_manifest
 
 CLASSES = 5
@@ -133,7 +134,8 @@ def unlabeled_image_folder(base):
 
 
 @pytest.mark.timeout(1200)  # six runs of the product, a server start (migrations: first time only)
-def test_a_run_labeled_only_in_label_studio(server, labeler, token, pool_root, tmp_path):
+def test_a_run_labeled_only_in_label_studio(server, labeler, token, pool_root, tmp_path,
+                                            capsys, monkeypatch):
     root = pool_root
     assert (load_labels(root, "pool") == -1).all()  # no label anywhere to read by mistake
     # what the labeler sees: the class is in the file name (pool/shoot1/c3_008.png -> 3)
@@ -154,9 +156,9 @@ def test_a_run_labeled_only_in_label_studio(server, labeler, token, pool_root, t
     assert first.returncode == 3, tail(first)
     assert "8 of 8 Label Studio tasks still open" in first.stdout
     project = int(re.search(r"/projects/(\d+)", first.stdout).group(1))
-    status = run_module(["status", str(run_dir)], env=env)  # the server's count, asked now
-    assert status.returncode == 3, tail(status)
-    assert "Label Studio now: 8 of 8 tasks of cycle 0's initial set still open" in status.stdout
+    code, said = status_now(run_dir, token, capsys, monkeypatch)  # the server's count, now
+    assert code == 3 and "Label Studio now: 8 of 8 tasks of cycle 0's initial set still open" \
+        in said, said
 
     tasks = labeler.tasks(project)
     initial = {int(r["id"]): r for r in queries(run_dir, "initial")}
@@ -167,21 +169,19 @@ def test_a_run_labeled_only_in_label_studio(server, labeler, token, pool_root, t
     by_id = {t["data"]["tidal_id"]: t["id"] for t in tasks}
 
     labeler.annotate(by_id[min(by_id)], names[truth[min(by_id)]])
-    status = run_module(["status", str(run_dir)], env=env)
-    assert status.returncode == 3, tail(status)
-    assert "8 of 8 Label Studio tasks still open" in status.stdout  # the record, unchanged
-    assert "Label Studio now: 7 of 8 tasks of cycle 0's initial set still open" in status.stdout
+    code, said = status_now(run_dir, token, capsys, monkeypatch)
+    assert code == 3 and "8 of 8 Label Studio tasks still open" in said, said  # the record
+    assert "Label Studio now: 7 of 8 tasks of cycle 0's initial set still open" in said, said
     no_token = run_module(["status", str(run_dir)])  # the recorded count, and why not live
     assert no_token.returncode == 3 and not no_token.stderr, tail(no_token)
     assert "8 of 8 Label Studio tasks still open" in no_token.stdout
     assert "Label Studio now" not in no_token.stdout
     assert ("environment variable LABEL_STUDIO_API_KEY (the API token) is not set"
             in no_token.stdout)
-    unreachable = run_module(["status", str(moved_server(run_dir, server.url, tmp_path))],
-                             env=env)
-    assert unreachable.returncode == 3 and not unreachable.stderr, tail(unreachable)
-    assert "8 of 8 Label Studio tasks still open" in unreachable.stdout
-    (why,) = [line for line in unreachable.stdout.splitlines() if "not counted now" in line]
+    code, said = status_now(moved_server(run_dir, server.url, tmp_path), token, capsys,
+                            monkeypatch)
+    assert code == 3 and "8 of 8 Label Studio tasks still open" in said, said
+    (why,) = [line for line in said.splitlines() if "not counted now" in line]
     assert "ConnectError" in why and "recorded" in why
 
     for i in sorted(by_id)[1:5]:
@@ -230,6 +230,19 @@ def test_a_run_labeled_only_in_label_studio(server, labeler, token, pool_root, t
         ids = [int(r["id"]) for r in csv.DictReader(f)]
     with np.load(run_dir / "cycles" / "cycle_0001" / "labeled.npz") as lab:
         assert ids == np.setdiff1d(load_manifest(root).split("pool").ids(), lab["ids"]).tolist()
+
+
+def status_now(run_dir, token, capsys, monkeypatch) -> tuple[int, str]:
+    """`tidal-dist status RUN_DIR` with the token set, through the CLI's main in this process:
+    the server is asked as from a separate process, without paying the product's imports again
+    (a real process checks the no-token case above)."""
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
+    capsys.readouterr()
+    try:
+        code = main(["status", str(run_dir)])
+    finally:
+        monkeypatch.delenv("LABEL_STUDIO_API_KEY")
+    return code, capsys.readouterr().out
 
 
 def moved_server(run_dir, url, tmp_path):
