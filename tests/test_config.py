@@ -55,6 +55,9 @@ def test_unknown_key_suggests(override, expected):
     ("data.imbalance_ratio=0.5", "'data.imbalance_ratio': must be >= 1"),
     ("train.lr_decay_at=[2]", "train.lr_decay_at"),
     ("train.epochs", "expected key=value"),
+    ("al.label_studio_image_url=ftp://host/queries", "'al.label_studio_image_url': an http:// or"),
+    ("al.label_studio_image_url=queries/", "'al.label_studio_image_url': an http:// or"),
+    ("al.label_studio_image_url=https://", "'al.label_studio_image_url': an http:// or"),
 ])
 def test_bad_values_name_the_key(override, expected):
     with pytest.raises(UserError, match=expected.replace("|", r"\|").replace("[", r"\[")):

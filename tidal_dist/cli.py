@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="print a run's recorded outcome and exit with its code "
                                       "(0 done, 1 failed, 2 bad input, 3 waiting for labels, "
-                                      "4 not finished, 75 preempted)")
+                                      "4 not finished, 75 preempted); a run waiting on "
+                                      "Label Studio also gets the server's count of open tasks")
     p.add_argument("target", nargs="*", metavar="RUN_DIR | KEY=VALUE",
                    help="the run directory, or (with --config) config overrides naming it")
     p.add_argument("--config", help="find the run directory from this config (+ overrides)")
@@ -253,15 +254,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     from tidal_dist.job.outcome import status_main
 
     overrides = [t for t in args.target if "=" in t]
+    cfg = None  # None: the oracle's note reads RUN_DIR/config.yaml
     if args.config or overrides:
         from tidal_dist.config import load_config
 
-        run_dir = load_config(args.config, args.target).run.dir
+        cfg = load_config(args.config, args.target)
+        run_dir = cfg.run.dir
     elif len(args.target) == 1:
         run_dir = args.target[0]
     else:
         raise UserError("status: give one RUN_DIR, or --config FILE [KEY=VALUE ...]")
-    return status_main(run_dir)
+
+    def open_tasks(waiting_dir):  # a run waiting on Label Studio: the server's count now
+        from tidal_dist.cycle.label_studio import open_tasks_note
+
+        return open_tasks_note(waiting_dir, cfg)
+
+    return status_main(run_dir, waiting_note=open_tasks)
 
 
 COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "train": cmd_train, "run": cmd_run,

@@ -146,6 +146,11 @@ class ALConfig:
     # The server's LOCAL_FILES_DOCUMENT_ROOT as a path on this machine: the query images under
     # RUN_DIR/queries/ are served from there (Label Studio's local-files storage).
     label_studio_document_root: str = "/"
+    # An http(s) URL under which RUN_DIR/queries/ is served (object storage, a web server,
+    # `python -m http.server -d RUN_DIR/queries`): set it when Label Studio runs on another machine
+    # than RUN_DIR. Each task's image is then this URL + the image's path under queries/, and no
+    # local-files storage is used. None: local files (label_studio_document_root).
+    label_studio_image_url: str | None = None
     score_batch_size: int = 256
     # Measured-TD strategies (td_measured_entropy, td_measured_margin, label_dispersion): measure
     # the cycle's candidates every this many epochs of training (and after the last epoch).
@@ -184,7 +189,7 @@ MUTABLE_KEYS = frozenset(
     {"data.num_workers", "data.verify_shards", "data.shard_url", "data.cache_dir", "data.decode",
      "al.cycles", "run.log_every", "train.timeout_s", "train.checkpoint_every", "run.trackers",
      "run.preempt_deadline_s", "al.label_studio_url", "al.label_studio_token_env",
-     "al.label_studio_document_root"}
+     "al.label_studio_document_root", "al.label_studio_image_url"}
 )
 
 
@@ -369,6 +374,21 @@ def validate(cfg: Config) -> None:
          "model.weights to a local pretrained state_dict file, or use al.initial_strategy=random")
     need(cfg.al.oracle != "label_studio" or bool(cfg.al.label_studio_url), "al.label_studio_url",
          "al.oracle=label_studio needs the server's URL, e.g. http://localhost:8080")
+    image_url = cfg.al.label_studio_image_url
+    need(image_url is None or _is_http_url(image_url), "al.label_studio_image_url",
+         "an http:// or https:// URL with a host, under which RUN_DIR/queries/ is served "
+         f"(e.g. https://bucket.example.com/run1/queries), or null for Label Studio's local files; "
+         f"got {image_url!r}")
+
+
+def _is_http_url(text: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text.strip())
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

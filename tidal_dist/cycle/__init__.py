@@ -10,7 +10,8 @@
     oracle     who labels the queries: the stored labels, or a person (labels files, exports)
     initial    cycle 0's set: a seeded draw or TypiClust, labeled by a person first if one is the oracle
     queries    what a person labels: the queries with their images, predictions and scores
-    label_studio  the Label Studio oracle: project, tasks, predictions, annotations back
+    label_studio  the Label Studio oracle: project, tasks (images by local files or URL),
+                  predictions, annotations back; the open tasks `status` counts
     predict    `tidal-dist predict`: a committed cycle's model over the rest of the pool
 
 Imports training and every room below it; only sweep/, report/, api/ and cli.py import this room.

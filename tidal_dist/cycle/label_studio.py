@@ -2,7 +2,8 @@
 
     push_tasks   (rank 0, once per stage) the project is created, or reused, with the dataset's
                  classes as single choices; the images of queries/<stage>/ are served through a
-                 local-files storage; one task per query with `tidal_id` (our id), the strategy's
+                 local-files storage, or, with al.label_studio_image_url, by URL from wherever
+                 the user serves queries/; one task per query with `tidal_id` (our id), the strategy's
                  score, and, once a model exists, a pre-annotation in Label Studio's
                  `predictions` format (the predicted class, scored by the strategy's score) so a
                  person can sort by either.
@@ -10,6 +11,8 @@
                  some are not annotated: LabelsPending (exit 3) saying how many are open. When all
                  are: every answer through the same checks as a labels file (cycle/oracle.py),
                  and only a whole, clean import is written, to labels/<stage>.json.
+    open_tasks_note  (`tidal-dist status` of a run waiting on Label Studio) the server's current
+                 count of open tasks of the waiting stage, or one line saying why it was not asked.
 
 The server's URL is config (al.label_studio_url); the API token only ever comes from the
 environment variable al.label_studio_token_env and is written nowhere. RUN_DIR/label_studio.json
@@ -22,12 +25,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from tidal_dist.cycle.oracle import (LabelsPending, check_answers, describe, label_studio_answers,
-                                     labels_path, queries_path, reject, stage_name)
+from tidal_dist.cycle.oracle import (INITIAL, LabelsPending, check_answers, describe,
+                                     label_studio_answers, labels_path, queries_path, reject,
+                                     stage_name)
 from tidal_dist.data.manifest import Manifest
 from tidal_dist.job.errors import UserError
 from tidal_dist.job.fsutil import atomic_write_json, atomic_write_text, read_json
@@ -44,7 +49,7 @@ def label_config(class_names: list[str]) -> str:
             f"{choices}\n  </Choices>\n</View>\n")
 
 
-def _client(cfg):
+def _client(cfg, **options):
     try:
         from label_studio_sdk import LabelStudio
     except ImportError:
@@ -55,7 +60,7 @@ def _client(cfg):
         raise UserError(f"al.oracle=label_studio: set the environment variable "
                         f"{cfg.al.label_studio_token_env} to your Label Studio API token "
                         f"(Account & Settings; it is never read from a file or written anywhere)")
-    return LabelStudio(base_url=cfg.al.label_studio_url.rstrip("/"), api_key=token)
+    return LabelStudio(base_url=cfg.al.label_studio_url.rstrip("/"), api_key=token, **options)
 
 
 def _calling(cfg, what: str, call):
@@ -120,6 +125,16 @@ def _served_path(cfg, path: Path) -> str:
                         f"LOCAL_FILES_DOCUMENT_ROOT, a folder holding run.dir") from None
 
 
+def _image_reference(cfg, queries_dir: Path, image: str) -> str:
+    """What a task's `image` holds: a URL under al.label_studio_image_url when it is set (the
+    path under queries/ URL-quoted part by part), else the local-files storage's path."""
+    base = cfg.al.label_studio_image_url
+    if base is not None:
+        return base.strip().rstrip("/") + "/" + "/".join(quote(part, safe="")
+                                                         for part in image.split("/"))
+    return f"/data/local-files/?d={_served_path(cfg, queries_dir / image)}"
+
+
 def _ensure_storage(cfg, client, project: int, folder: Path) -> None:
     """A local-files storage on the queries folder: Label Studio serves only files under one."""
     path = str(folder.resolve())
@@ -160,7 +175,8 @@ def push_tasks(cfg, run_dir: Path, stage: int | str, manifest: Manifest) -> None
     if stage_name(stage) in state.get("pushed", []):
         return
     queries_dir = queries_path(run_dir, stage).parent
-    _ensure_storage(cfg, client, project, queries_dir)
+    if cfg.al.label_studio_image_url is None:
+        _ensure_storage(cfg, client, project, queries_dir)
     present = {str(t["data"].get("tidal_id")) for t in _stage_tasks(cfg, client, project, stage)}
     run = str(Path(cfg.run.dir).resolve())
     tasks = []
@@ -168,7 +184,7 @@ def push_tasks(cfg, run_dir: Path, stage: int | str, manifest: Manifest) -> None
         if row["id"] in present:
             continue
         score = float(row["score"])
-        task = {"data": {IMAGE: f"/data/local-files/?d={_served_path(cfg, queries_dir / row['image'])}",
+        task = {"data": {IMAGE: _image_reference(cfg, queries_dir, row["image"]),
                          "tidal_id": int(row["id"]), "original_key": row["original_key"],
                          "score": score, "tidal_stage": stage_name(stage), "tidal_run": run}}
         if row["predicted_name"]:
@@ -204,3 +220,68 @@ def pull_labels(cfg, run_dir: Path, stage: int | str, manifest: Manifest, ids: n
     if problems:
         raise reject(f"Label Studio project {project} ({describe(stage)})", problems)
     atomic_write_text(labels_path(run_dir, stage, ".json"), json.dumps(tasks, indent=1))
+
+
+# `status` must answer promptly: one try, a short wait, then the recorded count.
+STATUS_TIMEOUT_S = 15.0
+
+
+def _waiting_stage(run_dir: Path, state: dict) -> str | None:
+    """The stage a waiting run waits on: the last one pushed whose labels are not imported."""
+    pending = [s for s in state.get("pushed", []) if not labels_path(run_dir, s, ".json").exists()]
+    return pending[-1] if pending else None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def open_tasks_note(run_dir: Path, cfg=None) -> str | None:
+    """`tidal-dist status` of a run waiting for labels: one line with the number of open tasks of
+    the waiting stage as the server counts them now, or saying why the server was not asked (the
+    status line above then holds the count recorded when the run stopped). None when the run's
+    oracle is not Label Studio. `cfg` is the run's config; None reads RUN_DIR/config.yaml. Reads
+    only: never creates a project, pushes or imports."""
+    from dataclasses import replace
+
+    from tidal_dist.config import RUN_CONFIG_NAME, load_config
+
+    not_live = "Label Studio's open tasks not counted now"
+    recorded = "the count above is the one recorded when the run stopped"
+    run_dir = Path(run_dir).resolve()
+    if cfg is None:
+        try:
+            cfg = load_config(run_dir / RUN_CONFIG_NAME)
+        except UserError as e:
+            return f"{not_live}: {_one_line(str(e))}; {recorded}"
+    if cfg.al.oracle != "label_studio":
+        return None
+    cfg = replace(cfg, run=replace(cfg.run, dir=str(run_dir)))  # tasks name the run resolved
+    try:
+        state = _state(run_dir)
+    except (OSError, ValueError) as e:
+        return f"{not_live}: {run_dir / STATE_NAME} is unreadable ({e}); {recorded}"
+    stage = _waiting_stage(run_dir, state)
+    if not isinstance(state.get("project"), int) or stage is None:
+        return (f"{not_live}: {run_dir / STATE_NAME} names no project with a stage waiting for "
+                f"labels; {recorded}")
+    if state.get("url") != cfg.al.label_studio_url:
+        return (f"{not_live}: the project was made on {state.get('url')}, the config now names "
+                f"{cfg.al.label_studio_url}; {recorded}")
+    if not os.environ.get(cfg.al.label_studio_token_env):
+        return (f"{not_live}: the environment variable {cfg.al.label_studio_token_env} (the API "
+                f"token) is not set; {recorded}")
+    try:
+        client = _client(cfg, timeout=STATUS_TIMEOUT_S, max_retries=0)
+        tasks = _stage_tasks(cfg, client, state["project"], stage)
+    except UserError as e:
+        return f"{not_live}: {_one_line(str(e))}; {recorded}"
+    open_count = sum(1 for t in tasks if not t.get("annotations"))
+    where = (f"project '{state.get('title', state['project'])}' "
+             f"({cfg.al.label_studio_url}/projects/{state['project']})")
+    what = describe(stage) if stage == INITIAL else f"cycle {stage.removeprefix('cycle_')}"
+    if tasks and not open_count:
+        return (f"Label Studio now: all {len(tasks)} tasks of {what} are annotated in {where}; "
+                f"run the same command again to import them")
+    return f"Label Studio now: {open_count} of {len(tasks)} tasks of {what} still open in {where}"

@@ -41,6 +41,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from tidal_dist.job import distributed, preemption, rundir_lock
 from tidal_dist.job.errors import UserError
@@ -321,11 +322,19 @@ def _alive(record: Outcome) -> bool | None:
     return process_alive(record.pid)
 
 
-def status_main(run_dir: str | os.PathLike) -> int:
-    """`tidal-dist status RUN_DIR`."""
+def status_main(run_dir: str | os.PathLike,
+                waiting_note: Callable[[Path], str | None] | None = None) -> int:
+    """`tidal-dist status RUN_DIR`. A run waiting for labels gets the line `waiting_note(run_dir)`
+    adds (the command passes the oracle's live count: this room knows no oracle); the exit code
+    stays the recorded one."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"'{run_dir}' is not a run directory (it is a file)")
-    text, code = describe(run_dir, read(run_dir))
+    record = read(run_dir)
+    text, code = describe(run_dir, record)
     print(text)
+    if waiting_note is not None and record is not None and record.status == "waiting_for_labels":
+        note = waiting_note(run_dir)
+        if note:
+            print(note)
     return code
