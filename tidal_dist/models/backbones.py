@@ -208,19 +208,17 @@ def _few(keys: list[str], n: int = 5) -> str:
 
 
 def load_torchvision_weights(net: nn.Module, weights_path: str | Path) -> None:
-    """Load a local torchvision state_dict into `net`. A classifier head of another size (e.g.
-    ImageNet's 1000 classes) is dropped and `net.fc` keeps its fresh init; anything else that
+    """Load a local state_dict (safetensors, or torch.save read with weights_only=True) into a
+    built-in backbone's own module (`weights_module`): a torchvision ResNet, or SmallCNN /
+    ResNet18Cifar (e.g. the file `tidal-dist pretrain` writes). A classifier head of another size
+    (e.g. ImageNet's 1000 classes) is dropped and `fc` keeps its fresh init; anything else that
     does not fit is a UserError naming the file and the offending keys."""
+    from tidal_dist.models.timm_backbone import read_state_dict
+
     path = Path(weights_path)
     if not path.is_file():
-        raise UserError(f"model weights file '{path}' does not exist")
-    try:
-        # weights_only: never unpickle arbitrary objects from a user-supplied file.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt / non-torch files
-        raise UserError(f"model weights file '{path}' could not be read as a torch state_dict: {e}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"model weights file '{path}' does not hold a state_dict (name -> tensor)")
+        raise UserError(f"config key 'model.weights': file '{path}' does not exist")
+    state = read_state_dict(path)
 
     own = net.state_dict()
     fc_keys = [k for k in ("fc.weight", "fc.bias") if k in own]
@@ -247,7 +245,8 @@ def load_torchvision_weights(net: nn.Module, weights_path: str | Path) -> None:
         if wrong_shape:
             parts.append(f"shape mismatches: {_few(wrong_shape)}")
         raise UserError(f"model weights file '{path}' does not fit the model ({'; '.join(parts)}); "
-                        f"expected a torchvision state_dict of the same architecture")
+                        f"expected a state_dict of the same architecture (torchvision's for "
+                        f"resnet18 / resnet50; `tidal-dist pretrain` writes one for any backbone)")
     net.load_state_dict(state, strict=False)  # strict checks done above; fc may be left out
 
 
@@ -276,6 +275,12 @@ def resnet50_imagenet(num_classes: int, in_channels: int = 3,
 # ---------------------------------------------------------------------------------------------
 
 
+def weights_module(backbone: nn.Module) -> nn.Module:
+    """The module whose state_dict `model.weights` holds: a wrapped torchvision or timm network
+    (`net`, its keys without the wrapper's prefix), else the built-in backbone itself."""
+    return getattr(backbone, "net", backbone)
+
+
 def build_backbone(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The backbone named by cfg.backbone."""
     from tidal_dist.models.timm_backbone import build_timm_backbone, timm_name
@@ -283,16 +288,15 @@ def build_backbone(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.M
     name = timm_name(cfg.backbone)
     if name is not None:
         return build_timm_backbone(name, num_classes, in_channels, cfg.weights)
-    if cfg.weights is not None and cfg.backbone not in ("resnet18", "resnet50"):
-        raise UserError(f"config key 'model.weights': only supported for backbones resnet18, "
-                        f"resnet50 and timm:NAME, not '{cfg.backbone}'")
     if cfg.weights == "hub":
-        raise UserError("config key 'model.weights': 'hub' is for timm:NAME backbones; give "
-                        "resnet18 / resnet50 a local torchvision state_dict file")
-    if cfg.backbone == "small_cnn":
-        return SmallCNN(num_classes, in_channels, width=cfg.width)
-    if cfg.backbone == "resnet18_cifar":
-        return ResNet18Cifar(num_classes, in_channels)
+        raise UserError(f"config key 'model.weights': 'hub' is for timm:NAME backbones; give "
+                        f"'{cfg.backbone}' a local state_dict file")
+    if cfg.backbone in ("small_cnn", "resnet18_cifar"):
+        net = SmallCNN(num_classes, in_channels, width=cfg.width) if cfg.backbone == "small_cnn" \
+            else ResNet18Cifar(num_classes, in_channels)
+        if cfg.weights is not None:
+            load_torchvision_weights(net, cfg.weights)
+        return net
     if cfg.backbone == "resnet18":
         return resnet18_imagenet(num_classes, in_channels, cfg.weights)
     if cfg.backbone == "resnet50":
