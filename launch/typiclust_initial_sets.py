@@ -64,17 +64,21 @@ def main() -> None:
                       f"{np.log(2 * rec['settings']['batch_size'] - 1):.3f})", ""]
 
     lines += ["## Initial sets (cycle 0's labeled set)", "",
-              "| initial strategy | seed | classes covered | class histogram (classes 0-9) |",
-              "|---|---|---|---|"]
-    coverage = {}
+              "| initial strategy | seed | classes covered | fewest-most per class | std per class "
+              "| class histogram (classes 0-9) |",
+              "|---|---|---|---|---|---|"]
+    coverage, spread = {}, {}
     for arm, seeds in arms.items():
         for seed, cyc in sorted(seeds.items()):
             hist = cyc[0]["labeled_histogram"]
             covered = sum(1 for h in hist if h > 0)
             coverage.setdefault(arm, []).append(covered)
-            lines.append(f"| {arm} | {seed} | {covered} / {len(hist)} | {hist} |")
-    lines += ["", "Classes covered, mean over seeds: " + ", ".join(
-        f"{arm} {np.mean(v):.1f}" for arm, v in coverage.items()), ""]
+            spread.setdefault(arm, []).append(float(np.std(hist)))
+            lines.append(f"| {arm} | {seed} | {covered} / {len(hist)} | {min(hist)}-{max(hist)} "
+                         f"| {np.std(hist):.2f} | {hist} |")
+    lines += ["", "Mean over seeds: " + "; ".join(
+        f"{arm}: {np.mean(coverage[arm]):.1f} classes covered, std per class "
+        f"{np.mean(spread[arm]):.2f}" for arm in coverage), ""]
 
     seeds = sorted(set(arms[base]) & set(arms[other]))
     n_cycles = min(len(arms[a][s]) for a in (base, other) for s in seeds) if seeds else 0
