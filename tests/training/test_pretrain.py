@@ -91,6 +91,15 @@ def test_pretrain_lowers_the_loss_and_a_typiclust_run_starts_from_its_weights(bl
     fresh = build_backbone(ModelConfig(backbone="small_cnn", width=4), manifest.num_classes, 3)
     assert not torch.equal(fresh.stages[0][0].weight, saved["stages.0.0.weight"])
 
+    # weights of another width: refused before the run writes anything
+    other = tmp_path / "other_run"
+    proc = run_module(["run", f"data.root={root}", *TINY, "model.width=8", f"model.weights={out}",
+                       "al.initial_strategy=typiclust", "al.initial=8", f"run.dir={other}"])
+    assert proc.returncode == 2 and f"model weights file '{out}' does not fit" in proc.stderr, \
+        tail(proc)
+    assert "shape mismatches" in proc.stderr and "Traceback" not in proc.stderr
+    assert not other.exists()
+
     run_dir = tmp_path / "run"
     proc = run_module(["run", f"data.root={root}", *TINY, f"model.weights={out}",
                        "al.initial_strategy=typiclust", "al.initial=8", "al.budget=4",
