@@ -5,6 +5,7 @@
     tidal-dist prepare --source cifar10 --out data/shards/c10 --base-url https://host/c10/
     accelerate launch -m tidal_dist run --config configs/cifar10.yaml run.dir=runs/c10 run.seed=1
     tidal-dist train --config configs/fashion_mnist_demo.yaml    # one training cycle, no AL loop
+    tidal-dist pretrain --config configs/fashion_mnist_typiclust.yaml --out runs/pretrained/fmnist_small_cnn.safetensors
     tidal-dist sweep --config configs/cifar10.yaml --strategies tidal_entropy,random --seeds 0,1,2 --out runs/c10
     tidal-dist report runs/c10 --out runs/c10/report                # curves, tables, data maps
     tidal-dist run --config configs/cifar10.yaml --dry-run        # check against the data, print the plan
@@ -93,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the active-learning experiment (resumes if the run dir exists)")
     _add_config_args(p)
+
+    p = sub.add_parser("pretrain", help="self-supervised SimCLR on the pool's images (no labels): "
+                                        "backbone weights for model.weights (cold starts, "
+                                        "al.initial_strategy=typiclust)")
+    p.add_argument("--config", help="YAML config file: its data and model sections are used")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--out", required=True, metavar="WEIGHTS.safetensors",
+                   help="the backbone's weights (written atomically), for model.weights")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the pool (default 20)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="images per step, each seen as two views (default 256)")
+    p.add_argument("--temperature", type=float, default=0.5,
+                   help="NT-Xent temperature tau (default 0.5)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed (default 1e-3)")
+    p.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="learn from a seeded sample of N pool images (default: the whole pool)")
+    p.add_argument("--seed", type=int, default=None, help="default: the config's run.seed")
 
     p = sub.add_parser("sweep", help="one run per (strategy, seed), one after another (resumes)")
     _add_config_args(p)
@@ -231,6 +249,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return execute(cfg, "run", in_process=False)  # the API's path; the process ends after it
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tidal_dist.config import load_config
+
+    out = Path(args.out)
+    checks = [(out.suffix == ".safetensors", f"--out '{out}': expected a .safetensors file name"),
+              (args.epochs >= 1, f"--epochs must be >= 1 (got {args.epochs})"),
+              (args.batch_size >= 2, f"--batch-size must be >= 2 (got {args.batch_size}): "
+                                     f"NT-Xent contrasts each image with the others of its batch"),
+              (args.temperature > 0, f"--temperature must be > 0 (got {args.temperature})"),
+              (args.lr > 0, f"--lr must be > 0 (got {args.lr})"),
+              (args.max_images is None or args.max_images >= 2,
+               f"--max-images must be >= 2 (got {args.max_images})")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"pretrain: {message}")
+    if out.exists() and not out.is_file():
+        raise UserError(f"pretrain: --out '{out}' exists and is not a file")
+    cfg = load_config(args.config, args.overrides)
+    if cfg.model.weights is not None and Path(cfg.model.weights).absolute() == out.absolute():
+        # the config of the run these weights are for: start from scratch, not from them
+        cfg.model = replace(cfg.model, weights=None)
+
+    import numpy as np
+
+    from tidal_dist.cycle.plan import check_output_location
+    from tidal_dist.cycle.pool import pool_ids
+    from tidal_dist.training.pretrain import PretrainSettings, pretrain
+    from tidal_dist.training.runtime import setup_logging
+
+    check_output_location(out.parent, "--out")
+    seed = cfg.run.seed if args.seed is None else args.seed
+    ids, _ = pool_ids(cfg)
+    if args.max_images is not None and args.max_images < len(ids):
+        ids = np.sort(np.random.default_rng(seed).choice(ids, size=args.max_images, replace=False))
+    setup_logging(True)
+    settings = PretrainSettings(epochs=args.epochs, batch_size=args.batch_size,
+                                temperature=args.temperature, lr=args.lr, seed=seed)
+    record = pretrain(cfg, ids, out, settings)
+    losses = record["epoch_losses"]
+    print(f"pretrain: NT-Xent {losses[0]:.4f} (epoch 1) -> {losses[-1]:.4f} (epoch {len(losses)}); "
+          f"weights: {out}; use model.weights={out}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tidal_dist.sweep import sweep_main
 
@@ -274,7 +338,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "train": cmd_train, "run": cmd_run,
-            "sweep": cmd_sweep, "report": cmd_report, "predict": cmd_predict,
+            "pretrain": cmd_pretrain, "sweep": cmd_sweep, "report": cmd_report, "predict": cmd_predict,
             "status": cmd_status}
 
 

@@ -53,7 +53,8 @@ class ModelConfig:
     # classifier (models/timm_backbone.py)
     backbone: str = "resnet18_cifar"
     # Local pretrained weights: a state_dict file (safetensors, or torch.save of a state_dict)
-    # for resnet18 / resnet50 / timm:NAME, or `hub` (timm only: the local Hugging Face cache)
+    # for any backbone (`tidal-dist pretrain` writes one from the unlabeled pool), or `hub`
+    # (timm only: the local Hugging Face cache)
     weights: str | None = None
     td_hidden: int = 128  # per-stage width of the TD prediction module (tidal-method.md)
     width: int = 16  # small_cnn only: channels of the first stage
@@ -371,7 +372,8 @@ def validate(cfg: Config) -> None:
     need(cfg.al.initial_strategy != "typiclust" or cfg.model.weights is not None,
          "al.initial_strategy", "typiclust clusters the embeddings of a pretrained backbone, and "
          f"model.backbone '{cfg.model.backbone}' has no pretrained weights here: set "
-         "model.weights to a local pretrained state_dict file, or use al.initial_strategy=random")
+         "model.weights to a local pretrained state_dict file (`tidal-dist pretrain` writes one "
+         "from the unlabeled pool), or use al.initial_strategy=random")
     need(cfg.al.oracle != "label_studio" or bool(cfg.al.label_studio_url), "al.label_studio_url",
          "al.oracle=label_studio needs the server's URL, e.g. http://localhost:8080")
     image_url = cfg.al.label_studio_image_url

@@ -26,6 +26,7 @@ STAND_INS = {
     "fashion_mnist_study.yaml": ("synthetic:300,10,28x28,1", 200),
     "fashion_mnist_imb10.yaml": ("synthetic:300,10,28x28,1", 200),
     "fashion_mnist_imb100.yaml": ("synthetic:300,10,28x28,1", 200),
+    "fashion_mnist_typiclust.yaml": ("synthetic:300,10,28x28,1", 200),
     "inat2018.yaml": ("synthetic:200,8142,16x12,3", 4096),
     "imagenet_timm.yaml": ("synthetic:200,1000,16x12,3", 4096),
     # the templates for one's own data: any number of classes, images resized to 224
@@ -33,7 +34,8 @@ STAND_INS = {
     "custom_wds.yaml": ("synthetic:200,10,16x12,3", 64),
 }
 # Configs that name a weights file: a random-init stand-in of the same architecture.
-WEIGHTS = {"imagenet_timm.yaml": "timm_resnet50_weights"}
+WEIGHTS = {"imagenet_timm.yaml": "timm_resnet50_weights",
+           "fashion_mnist_typiclust.yaml": "small_cnn16_grey_weights"}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,18 @@ def timm_resnet50_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "resnet50.safetensors"
     save_file(timm.create_model("resnet50", num_classes=1000).state_dict(), path)
     return path
+@pytest.fixture(scope="module")
+def small_cnn16_grey_weights(tmp_path_factory):
+    """What `tidal-dist pretrain` writes for small_cnn width 16 on grey 10-class images."""
+    from safetensors.torch import save_file
+
+    from tidal_dist.models import SmallCNN
+
+    path = tmp_path_factory.mktemp("weights") / "small_cnn16.safetensors"
+    save_file(SmallCNN(10, 1, width=16).state_dict(), path)
+    return path
+
+
 # The protocols label thousands of samples; the stand-ins hold hundreds, so the tests shrink the
 # sizes that must fit the pool (and nothing else: cycles, batch, epochs, model stay the config's).
 SHRINK = ["al.initial=20", "al.budget=10", "al.subset_size=50", "al.val_size=30"]
@@ -80,7 +94,8 @@ def test_every_shipped_config_dry_runs_on_a_dataset_of_its_shape(config, make_da
     for word in ("steps/epoch/rank", "TD buffers", "checkpoint", "still needed", "free there"):
         assert word in out
     assert "nothing was written" in out and not run_dir.exists()
-    if weights:  # input settings from the weights' pretrained config, where the config has none
+    if config.name == "imagenet_timm.yaml":  # input settings from the weights' pretrained
+        # config, where the config has none
         assert "from the weights' pretrained config: data.image_size=224" in out
 
 

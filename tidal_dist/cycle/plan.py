@@ -312,8 +312,12 @@ def model_size(cfg: Config, strategy, world: int, num_classes: int,
         notes = check_weights(name, weights, num_classes, in_channels)
         if warnings is not None:
             warnings.extend(notes)
-    elif weights is not None and not Path(weights).is_file():
-        raise UserError(f"config key 'model.weights': file '{weights}' does not exist")
+    elif weights is not None:
+        from tidal_dist.models.backbones import check_builtin_weights
+
+        notes = check_builtin_weights(cfg.model, num_classes, in_channels)
+        if warnings is not None:
+            warnings.extend(notes)
     with torch.device("meta"):
         model = build_model(replace(cfg.model, weights=None), num_classes, in_channels,
                             objective.heads(cfg.train))

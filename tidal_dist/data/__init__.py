@@ -10,6 +10,7 @@
                                            shard_cache.py)
     epoch_assignment, LabeledDataset,      per-epoch rank split for training
     VisitSampler
+    augmented_view                         SimCLR's random views, batched  (contrastive_views.py)
     imbalanced_pool                        long-tailed pools               (imbalance.py)
 """
 

@@ -1,4 +1,5 @@
-"""Backbones, the heads that read their stage features, and the network a run trains."""
+"""Backbones, the heads that read their stage features, and the network a run trains; SimCLR's
+projection head (projection_head.py) for `tidal-dist pretrain`."""
 
 from tidal_dist.models.backbones import (
     ResNet18Cifar,

@@ -207,34 +207,17 @@ def _few(keys: list[str], n: int = 5) -> str:
     return shown + (f" (and {len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_torchvision_weights(net: nn.Module, weights_path: str | Path) -> None:
-    """Load a local torchvision state_dict into `net`. A classifier head of another size (e.g.
-    ImageNet's 1000 classes) is dropped and `net.fc` keeps its fresh init; anything else that
-    does not fit is a UserError naming the file and the offending keys."""
-    path = Path(weights_path)
-    if not path.is_file():
-        raise UserError(f"model weights file '{path}' does not exist")
-    try:
-        # weights_only: never unpickle arbitrary objects from a user-supplied file.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt / non-torch files
-        raise UserError(f"model weights file '{path}' could not be read as a torch state_dict: {e}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"model weights file '{path}' does not hold a state_dict (name -> tensor)")
-
-    own = net.state_dict()
+def fit_builtin_state(own: dict[str, Tensor], state: dict[str, Tensor], path: Path,
+                      ) -> tuple[dict[str, Tensor], list[str]]:
+    """`state` checked key by key against `own` (a built-in backbone's state_dict, real or on
+    the meta device): returns (state to load, classifier keys dropped because their shape
+    differs); any other missing, unexpected or misshaped key is a UserError naming the file."""
     fc_keys = [k for k in ("fc.weight", "fc.bias") if k in own]
+    dropped: list[str] = []
     if any(k in state and state[k].shape != own[k].shape for k in fc_keys):
-        log.warning("weights '%s': classifier head has shape %s, the model needs %s; loading the "
-                    "backbone weights and re-initialising fc", path,
-                    tuple(state["fc.weight"].shape) if "fc.weight" in state else None,
-                    tuple(own["fc.weight"].shape))
+        dropped = fc_keys
         state = {k: v for k, v in state.items() if k not in fc_keys}
-        allowed_missing = set(fc_keys)
-    else:
-        allowed_missing = set()
-
-    missing = sorted(k for k in own if k not in state and k not in allowed_missing)
+    missing = sorted(k for k in own if k not in state and k not in dropped)
     unexpected = sorted(k for k in state if k not in own)
     wrong_shape = sorted(f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
                          for k in state if k in own and state[k].shape != own[k].shape)
@@ -247,7 +230,32 @@ def load_torchvision_weights(net: nn.Module, weights_path: str | Path) -> None:
         if wrong_shape:
             parts.append(f"shape mismatches: {_few(wrong_shape)}")
         raise UserError(f"model weights file '{path}' does not fit the model ({'; '.join(parts)}); "
-                        f"expected a torchvision state_dict of the same architecture")
+                        f"expected a state_dict of the same architecture (torchvision's for "
+                        f"resnet18 / resnet50; `tidal-dist pretrain` writes one for any backbone)")
+    return state, dropped
+
+
+def _weights_file(weights_path: str | Path) -> dict[str, Tensor]:
+    from tidal_dist.models.timm_backbone import read_state_dict
+
+    path = Path(weights_path)
+    if not path.is_file():
+        raise UserError(f"config key 'model.weights': file '{path}' does not exist")
+    return read_state_dict(path)
+
+
+def load_torchvision_weights(net: nn.Module, weights_path: str | Path) -> None:
+    """Load a local state_dict (safetensors, or torch.save read with weights_only=True) into a
+    built-in backbone's own module (`weights_module`): a torchvision ResNet, or SmallCNN /
+    ResNet18Cifar (e.g. the file `tidal-dist pretrain` writes). A classifier head of another size
+    (e.g. ImageNet's 1000 classes) is dropped and `fc` keeps its fresh init; anything else that
+    does not fit is a UserError naming the file and the offending keys."""
+    path = Path(weights_path)
+    state, dropped = fit_builtin_state(net.state_dict(), _weights_file(path), path)
+    if dropped:
+        log.warning("weights '%s': classifier head has another shape than the model's %s; "
+                    "loading the backbone weights and re-initialising fc", path,
+                    tuple(net.state_dict()["fc.weight"].shape))
     net.load_state_dict(state, strict=False)  # strict checks done above; fc may be left out
 
 
@@ -276,6 +284,27 @@ def resnet50_imagenet(num_classes: int, in_channels: int = 3,
 # ---------------------------------------------------------------------------------------------
 
 
+def weights_module(backbone: nn.Module) -> nn.Module:
+    """The module whose state_dict `model.weights` holds: a wrapped torchvision or timm network
+    (`net`, its keys without the wrapper's prefix), else the built-in backbone itself."""
+    return getattr(backbone, "net", backbone)
+
+
+def check_builtin_weights(cfg: ModelConfig, num_classes: int, in_channels: int) -> list[str]:
+    """The load's checks for a built-in backbone's model.weights on a model built without
+    memory (meta device), for `run --dry-run` and before a run writes anything; returns notes
+    (a replaced classifier)."""
+    from dataclasses import replace
+
+    path = Path(cfg.weights)
+    state = _weights_file(path)
+    with torch.device("meta"):
+        net = weights_module(build_backbone(replace(cfg, weights=None), num_classes, in_channels))
+    _, dropped = fit_builtin_state(net.state_dict(), state, path)
+    return [f"weights '{path}': classifier ({', '.join(dropped)}) replaced for {num_classes} "
+            f"classes"] if dropped else []
+
+
 def build_backbone(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The backbone named by cfg.backbone."""
     from tidal_dist.models.timm_backbone import build_timm_backbone, timm_name
@@ -283,16 +312,15 @@ def build_backbone(cfg: ModelConfig, num_classes: int, in_channels: int) -> nn.M
     name = timm_name(cfg.backbone)
     if name is not None:
         return build_timm_backbone(name, num_classes, in_channels, cfg.weights)
-    if cfg.weights is not None and cfg.backbone not in ("resnet18", "resnet50"):
-        raise UserError(f"config key 'model.weights': only supported for backbones resnet18, "
-                        f"resnet50 and timm:NAME, not '{cfg.backbone}'")
     if cfg.weights == "hub":
-        raise UserError("config key 'model.weights': 'hub' is for timm:NAME backbones; give "
-                        "resnet18 / resnet50 a local torchvision state_dict file")
-    if cfg.backbone == "small_cnn":
-        return SmallCNN(num_classes, in_channels, width=cfg.width)
-    if cfg.backbone == "resnet18_cifar":
-        return ResNet18Cifar(num_classes, in_channels)
+        raise UserError(f"config key 'model.weights': 'hub' is for timm:NAME backbones; give "
+                        f"'{cfg.backbone}' a local state_dict file")
+    if cfg.backbone in ("small_cnn", "resnet18_cifar"):
+        net = SmallCNN(num_classes, in_channels, width=cfg.width) if cfg.backbone == "small_cnn" \
+            else ResNet18Cifar(num_classes, in_channels)
+        if cfg.weights is not None:
+            load_torchvision_weights(net, cfg.weights)
+        return net
     if cfg.backbone == "resnet18":
         return resnet18_imagenet(num_classes, in_channels, cfg.weights)
     if cfg.backbone == "resnet50":

@@ -1,7 +1,7 @@
 """Training objectives, one file each: `ce` (cross-entropy alone), `tidal` (CE + the TD module's
 KL, reaching the backbone), `lloss` (CE + Learning Loss's ranking loss). `train.objective=auto`
 takes the one the query strategy declares (tidal-method.md, "Baselines, as the reference code runs
-them")."""
+them"). `nt_xent` is SimCLR's contrastive loss for `tidal-dist pretrain`, not a run objective."""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@
     checkpoint  the epoch checkpoint (weights_only), written atomically, resumed from `latest`
     inference   one pass of the network over streamed ids, no collectives inside
     evaluate    test accuracy, each test sample once on some rank
+    pretrain    `tidal-dist pretrain`: SimCLR on the pool's images (no labels), one process,
+                the backbone's weights for model.weights
 
 Imports the rooms below it (job, config, data, dynamics, models, objectives, strategies,
 telemetry); never the cycle, sweep or report rooms.
