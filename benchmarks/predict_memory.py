@@ -232,67 +232,79 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
     ap.add_argument("--sizes", default="100000,1000000", help="comma-separated pool sizes")
     ap.add_argument("--ranks", default="1,2", help="comma-separated rank counts")
     ap.add_argument("--csv-size", type=int, default=None,
-                    help="also write CSV at this size (default: the largest)")
+                    help="also write CSV at this size, 1 process (default: the largest; 0: none)")
     ap.add_argument("--batch", type=int, default=1024, help="al.score_batch_size of the run")
     ap.add_argument("--work", default=str(WORK), help="folder for shards, run dir and outputs")
     ap.add_argument("--prepare-only", action="store_true",
                     help="only make (or find) the shards and the run dir")
+    ap.add_argument("--append", action="store_true",
+                    help="report these runs together with the ones kept in WORK/runs.json")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: the report of the runs kept in WORK/runs.json")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        return report(json.loads((work / "runs.json").read_text()), args.batch, out)
     sizes = [int(s) for s in args.sizes.split(",")]
     ranks = [int(r) for r in args.ranks.split(",")]
-    csv_size = args.csv_size or max(sizes)
+    csv_size = max(sizes) if args.csv_size is None else args.csv_size
     run_dir = trained_run(work, args.batch)
-    data = {n: prepared(work, n) for n in sizes}
+    data = {n: prepared(work, n) for n in sizes + ([csv_size] if csv_size else [])}
     if args.prepare_only:
         return {}
     runs = []
     for r in ranks:
         for n in sizes:
             runs.append(predict(run_dir, data[n], n, r, "parquet", work))
-    runs.append(predict(run_dir, data[csv_size], csv_size, 1, "csv", work))
-    (work / "runs.json").write_text(json.dumps(runs, indent=1))  # kept should the report fail
-    return report(runs, sizes, ranks, args.batch, out)
+    if csv_size:
+        runs.append(predict(run_dir, data[csv_size], csv_size, 1, "csv", work))
+    kept = work / "runs.json"
+    if args.append and kept.is_file():
+        new = {(x["n"], x["ranks"], x["format"]) for x in runs}
+        runs = [x for x in json.loads(kept.read_text())
+                if (x["n"], x["ranks"], x["format"]) not in new] + runs
+    runs.sort(key=lambda x: (x["format"] != "parquet", x["ranks"], x["n"]))
+    kept.write_text(json.dumps(runs, indent=1))  # kept should the report fail, and for --append
+    return report(runs, args.batch, out)
 
 
-def report(runs: list[dict], sizes: list[int], ranks: list[int], batch: int,
-           out: Path | None) -> dict:
-    small, large = min(sizes), max(sizes)
+def rank_name(r: int) -> str:
+    return f"{r} rank{'s' if r > 1 else ''}"
 
-    def peak(n, r, fmt="parquet"):
-        return next(x for x in runs if (x["n"], x["ranks"], x["format"]) == (n, r, fmt))
 
-    ratios = {f"{r} rank{'s' if r > 1 else ''}": peak(large, r)["peak_rss_kib"]
-              / peak(small, r)["peak_rss_kib"] for r in ranks}
-    rows = [[x["n"], x["ranks"], x["format"], f"{x['peak_rss_kib'] / 1024:,.0f}",
-             f"{x['peak_tree_rss_kib'] / 1024:,.0f}", f"{x['seconds']:,.0f}",
-             f"{x['samples_per_s']:,.0f}"] for x in runs]
-    growth = {f"{r} rank{'s' if r > 1 else ''}": (peak(large, r)["peak_rss_kib"]
-                                                   - peak(small, r)["peak_rss_kib"]) / 1024
-              for r in ranks}
-    # The trend: least-squares MiB per 100k samples over every size, and where it would put 1M.
-    slope = {}
-    for r in ranks:
-        xs = [x for x in runs if x["ranks"] == r and x["format"] == "parquet"]
-        fit = np.polyfit([x["n"] for x in xs], [x["peak_rss_kib"] / 1024 for x in xs], 1)
-        slope[f"{r} rank{'s' if r > 1 else ''}"] = {
-            "mib_per_100k": fit[0] * 100_000, "mib_at_1m_extrapolated": fit[0] * 1e6 + fit[1]}
-    rows += [[f"ratio {large:,} / {small:,}", name, "parquet", f"{ratio:.3f}",
-              f"+{growth[name]:,.0f} MiB", f"{slope[name]['mib_per_100k']:+.1f} MiB per 100k",
-              f"1M: {slope[name]['mib_at_1m_extrapolated']:,.0f} MiB (fit)"]
-             for name, ratio in ratios.items()]
+def report(runs: list[dict], batch: int, out: Path | None) -> dict:
+    """The table, and per rank count: the largest / smallest size's peak, the growth between them
+    next to what the int64 id arrays account for, and a least-squares trend over every size."""
     # What predict still holds per sample (cycle/predict.py, cycle/parts.py), all int64 arrays of
     # ids: on every rank the ids to predict; on rank 0 at the merge, at most four more at once.
     per_sample = {"ids to predict (every rank)": 8,
                   "rank 0's merge: merged ids, their order, scatter places, one temporary": 32}
-    result = {"sizes": sizes, "batch": batch, "model": "small_cnn width 8",
+    rows = [[f"{x['n']:,}", x["ranks"], x["format"], f"{x['peak_rss_kib'] / 1024:,.0f}",
+             f"{x['peak_tree_rss_kib'] / 1024:,.0f}", f"{x['seconds']:,.0f}",
+             f"{x['samples_per_s']:,.0f}"] for x in runs]
+    summary = {}
+    for r in sorted({x["ranks"] for x in runs}):
+        xs = sorted((x for x in runs if x["ranks"] == r and x["format"] == "parquet"),
+                    key=lambda x: x["n"])
+        if len(xs) < 2:
+            continue
+        small, large = xs[0], xs[-1]
+        mib = [x["peak_rss_kib"] / 1024 for x in xs]
+        fit = np.polyfit([x["n"] for x in xs], mib, 1)
+        s = {"small": small["n"], "large": large["n"], "ratio": mib[-1] / mib[0],
+             "growth_mib": mib[-1] - mib[0],
+             "id_arrays_mib": sum(per_sample.values()) * (large["n"] - small["n"]) / 2**20,
+             "trend_mib_per_100k": fit[0] * 100_000, "trend_mib_at_1m": fit[0] * 1e6 + fit[1]}
+        summary[rank_name(r)] = s
+        rows.append([f"{large['n']:,} / {small['n']:,}", r, "parquet", f"ratio {s['ratio']:.3f}",
+                     f"{s['growth_mib']:+,.0f} MiB (id arrays: +{s['id_arrays_mib']:,.0f})",
+                     f"trend {s['trend_mib_per_100k']:+.1f} MiB per 100k",
+                     f"at 1M: {s['trend_mib_at_1m']:,.0f} MiB"])
+    result = {"batch": batch, "model": "small_cnn width 8",
               "runs": [{k: v for k, v in x.items() if k != "output_tail"} for x in runs],
-              "ratios": ratios, "growth_mib": growth, "trend": slope, "per_sample_bytes": per_sample,
-              "per_sample_mib_growth_expected": sum(per_sample.values()) * (large - small) / 2**20}
-    rows.append([f"int64 id arrays, {large:,} - {small:,} samples", "", "",
-                 f"+{result['per_sample_mib_growth_expected']:,.0f} MiB expected", "", "", ""])
-    write("predict_memory_cpu", result, ["N", "ranks", "format", "peak RSS per process (MiB)",
+              "summary": summary, "per_sample_bytes": per_sample}
+    write("predict_memory_cpu", result, ["N", "ranks", "format", "peak RSS, largest process (MiB)",
                                          "peak tree RSS (MiB)", "seconds", "samples/s"],
           rows, out=out)
     return result
