@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
                     help="only make (or find) the shards and the run dir")
     ap.add_argument("--append", action="store_true",
                     help="report these runs together with the ones kept in WORK/runs.json")
+    ap.add_argument("--repeat", action="store_true",
+                    help="with --append: keep the earlier runs of the same size too (noise)")
     ap.add_argument("--report-only", action="store_true",
                     help="measure nothing: the report of the runs kept in WORK/runs.json")
     args = ap.parse_args(argv)
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None, out: Path | None = None) -> dict:
         runs.append(predict(run_dir, data[csv_size], csv_size, 1, "csv", work))
     kept = work / "runs.json"
     if args.append and kept.is_file():
-        new = {(x["n"], x["ranks"], x["format"]) for x in runs}
+        new = set() if args.repeat else {(x["n"], x["ranks"], x["format"]) for x in runs}
         runs = [x for x in json.loads(kept.read_text())
                 if (x["n"], x["ranks"], x["format"]) not in new] + runs
     runs.sort(key=lambda x: (x["format"] != "parquet", x["ranks"], x["n"]))
@@ -285,19 +287,21 @@ def report(runs: list[dict], batch: int, out: Path | None) -> dict:
              f"{x['samples_per_s']:,.0f}"] for x in runs]
     summary = {}
     for r in sorted({x["ranks"] for x in runs}):
-        xs = sorted((x for x in runs if x["ranks"] == r and x["format"] == "parquet"),
-                    key=lambda x: x["n"])
-        if len(xs) < 2:
+        xs = [x for x in runs if x["ranks"] == r and x["format"] == "parquet"]
+        sizes = sorted({x["n"] for x in xs})
+        if len(sizes) < 2:
             continue
-        small, large = xs[0], xs[-1]
-        mib = [x["peak_rss_kib"] / 1024 for x in xs]
-        fit = np.polyfit([x["n"] for x in xs], mib, 1)
-        s = {"small": small["n"], "large": large["n"], "ratio": mib[-1] / mib[0],
-             "growth_mib": mib[-1] - mib[0],
-             "id_arrays_mib": sum(per_sample.values()) * (large["n"] - small["n"]) / 2**20,
+        # repeated runs of one size: their mean (the table shows each)
+        mean = {n: float(np.mean([x["peak_rss_kib"] / 1024 for x in xs if x["n"] == n]))
+                for n in sizes}
+        fit = np.polyfit([x["n"] for x in xs], [x["peak_rss_kib"] / 1024 for x in xs], 1)
+        small, large = sizes[0], sizes[-1]
+        s = {"small": small, "large": large, "ratio": mean[large] / mean[small],
+             "growth_mib": mean[large] - mean[small],
+             "id_arrays_mib": sum(per_sample.values()) * (large - small) / 2**20,
              "trend_mib_per_100k": fit[0] * 100_000, "trend_mib_at_1m": fit[0] * 1e6 + fit[1]}
         summary[rank_name(r)] = s
-        rows.append([f"{large['n']:,} / {small['n']:,}", r, "parquet", f"ratio {s['ratio']:.3f}",
+        rows.append([f"{large:,} / {small:,}", r, "parquet", f"ratio {s['ratio']:.3f}",
                      f"{s['growth_mib']:+,.0f} MiB (id arrays: +{s['id_arrays_mib']:,.0f})",
                      f"trend {s['trend_mib_per_100k']:+.1f} MiB per 100k",
                      f"at 1M: {s['trend_mib_at_1m']:,.0f} MiB"])
