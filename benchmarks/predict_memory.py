@@ -3,6 +3,9 @@
     python benchmarks/predict_memory.py                      # 100k and 1M; results in
                                                              # benchmarks/results/predict_memory_cpu.*
     python benchmarks/predict_memory.py --sizes 2000,20000   # a smoke test
+    python benchmarks/predict_memory.py --sizes 10000 --ranks 1 --csv-size 0 --append --repeat
+                                       # one more run, reported with the kept ones (noise)
+    python benchmarks/predict_memory.py --report-only        # the report of the kept runs
 
 The inputs are real WebDataset tar shards of synthetic 28x28 grayscale PNGs (a class prototype
 plus noise), written by prepare's own writer (data/shards.py) from a source that makes the samples
@@ -295,8 +298,12 @@ def report(runs: list[dict], batch: int, out: Path | None) -> dict:
         mean = {n: float(np.mean([x["peak_rss_kib"] / 1024 for x in xs if x["n"] == n]))
                 for n in sizes}
         fit = np.polyfit([x["n"] for x in xs], [x["peak_rss_kib"] / 1024 for x in xs], 1)
+        # run-to-run noise: the widest spread of one size's repeated runs
+        repeated = [[x["peak_rss_kib"] for x in xs if x["n"] == n] for n in sizes]
+        repeated = [peaks for peaks in repeated if len(peaks) > 1]
+        spread = max(max(p) - min(p) for p in repeated) / 1024 if repeated else None
         small, large = sizes[0], sizes[-1]
-        s = {"small": small, "large": large, "ratio": mean[large] / mean[small],
+        s = {"repeat_spread_mib": spread, "small": small, "large": large, "ratio": mean[large] / mean[small],
              "growth_mib": mean[large] - mean[small],
              "id_arrays_mib": sum(per_sample.values()) * (large - small) / 2**20,
              "trend_mib_per_100k": fit[0] * 100_000, "trend_mib_at_1m": fit[0] * 1e6 + fit[1]}
@@ -304,7 +311,8 @@ def report(runs: list[dict], batch: int, out: Path | None) -> dict:
         rows.append([f"{large:,} / {small:,}", r, "parquet", f"ratio {s['ratio']:.3f}",
                      f"{s['growth_mib']:+,.0f} MiB (id arrays: +{s['id_arrays_mib']:,.0f})",
                      f"trend {s['trend_mib_per_100k']:+.1f} MiB per 100k",
-                     f"at 1M: {s['trend_mib_at_1m']:,.0f} MiB"])
+                     "no repeated runs" if spread is None
+                     else f"repeats of one size differ by up to {spread:,.0f} MiB"])
     result = {"batch": batch, "model": "small_cnn width 8",
               "runs": [{k: v for k, v in x.items() if k != "output_tail"} for x in runs],
               "summary": summary, "per_sample_bytes": per_sample}
