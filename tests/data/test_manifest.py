@@ -109,3 +109,24 @@ def test_keys_and_a_manifest_written_before_keys(synthetic_dataset, copy_dataset
     assert Manifest.from_dict(data) == load_manifest(old) and load_keys(old, "pool") is None
     assert original_keys(old, "pool", np.array([7])) == ["0000000007"]
     assert verify(old) == [] and load_manifest(old).split("pool").fully_labeled
+
+
+def test_key_cursor_reads_the_keys_of_ascending_ids_a_chunk_at_a_time(synthetic_dataset,
+                                                                      copy_dataset, monkeypatch):
+    from tidal_dist.data.manifest import KeyCursor, load_keys
+
+    monkeypatch.setattr(KeyCursor, "CHUNK", 7)  # keys cut across chunk ends
+    keys = load_keys(synthetic_dataset, "pool")
+    ids = np.sort(np.random.default_rng(0).choice(len(keys), 60, replace=False))
+    cursor = KeyCursor(synthetic_dataset, "pool")
+    got = cursor.keys(ids[:25]) + cursor.keys(ids[25:])  # one pass, over two calls
+    assert got == [keys[i] for i in ids]
+
+    damaged = copy_dataset(synthetic_dataset)
+    path = damaged / load_manifest(damaged).split("pool").keys_file
+    path.write_text(json.dumps(keys[:10]))  # ends early
+    with pytest.raises(UserError, match=r"pool-keys.json': ends before id 20; expected a list"):
+        KeyCursor(damaged, "pool").keys(np.array([3, 20]))
+    path.write_text('["a", 7]')
+    with pytest.raises(UserError, match="key 1 is not a string"):
+        KeyCursor(damaged, "pool").keys(np.array([1]))

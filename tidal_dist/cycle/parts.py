@@ -1,20 +1,26 @@
 """Per-rank part files for a sharded pass, and rank 0's merge.
 
 Each rank appends rows (an id and named fields: scalars or fixed-width vectors) to preallocated
-memory-mapped files that carry its rank in their name, so memory stays flat at any pool size and no
-collective runs in the loop. After one barrier, rank 0 merges the parts in ascending id order and
-checks that the ids are exactly the expected set: scalar fields come back as arrays, vector fields
-as memory-mapped files next to the parts (a million 2048-wide embeddings need not fit in RAM).
+.npy files that carry its rank in their name, written at their offset (pwrite, not a memory map, so
+the written pages never count in the rank's resident memory): memory stays flat at any pool size
+and no collective runs in the loop. After one barrier, rank 0 merges the parts in ascending id
+order and checks that the ids are exactly the expected set: scalar fields come back as arrays,
+vector fields (and, with `scalars_on_disk`, scalar fields too) as memory-mapped files next to the
+parts (a million 2048-wide embeddings need not fit in RAM); `read_rows` reads a block of one
+without mapping it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tidal_dist.job.fsutil import new_memmap
+
+CHUNK = 65536  # rows per read or write in the merge
 
 
 @dataclass(frozen=True)
@@ -37,61 +43,96 @@ class PartWriter:
                  fields: dict[str, Field]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.fields = {"ids": Field(np.int64), **fields}
-        self.arrays = {name: new_memmap(part_path(folder, prefix, name, rank), f.dtype,
-                                        f.shape(max(capacity, 1)))
-                       for name, f in self.fields.items()}
-        self.arrays["ids"][:] = -1
+        self.files: dict[str, tuple[int, int, int]] = {}  # name -> (fd, data offset, row bytes)
+        for name, f in self.fields.items():
+            path = part_path(folder, prefix, name, rank)
+            array = new_memmap(path, f.dtype, f.shape(max(capacity, 1)))
+            offset, row_bytes = array.offset, array.itemsize * (f.width or 1)
+            del array  # written through the file from here on
+            self.files[name] = (os.open(path, os.O_RDWR), offset, row_bytes)
+        unused = np.full(min(max(capacity, 1), CHUNK), -1, dtype=np.int64)
+        for lo in range(0, max(capacity, 1), CHUNK):
+            self._write("ids", lo, unused[:min(max(capacity, 1) - lo, CHUNK)])
         self.n = 0
+
+    def _write(self, name: str, row: int, values: np.ndarray) -> None:
+        fd, offset, row_bytes = self.files[name]
+        data = memoryview(np.ascontiguousarray(values, dtype=self.fields[name].dtype)).cast("B")
+        at = offset + row * row_bytes
+        while len(data):
+            written = os.pwrite(fd, data, at)
+            data, at = data[written:], at + written
 
     def append(self, rows: dict[str, np.ndarray]) -> None:
         k = len(rows["ids"])
-        for name in self.fields:
-            self.arrays[name][self.n:self.n + k] = rows[name]
+        for name, f in self.fields.items():
+            # as assigning into a memory map would: broadcast, cast to the field's dtype
+            self._write(name, self.n, np.broadcast_to(np.asarray(rows[name]), f.shape(k)))
         self.n += k
 
     def close(self) -> None:
-        for arr in self.arrays.values():
-            arr.flush()
-        self.arrays = {}
+        for fd, _, _ in self.files.values():
+            os.fdatasync(fd)  # on disk before rank 0 reads it, as a memory map's flush would be
+            os.close(fd)
+        self.files = {}
 
 
 def merge_parts(folder: Path, prefix: str, world_size: int, expected: np.ndarray,
-                fields: dict[str, Field]) -> dict[str, np.ndarray]:
+                fields: dict[str, Field], scalars_on_disk: bool = False) -> dict[str, np.ndarray]:
     """Rank 0: every rank's rows in ascending id order; raises unless the ids are exactly
-    `expected`, each once (naming missing, doubled and foreign ids)."""
+    `expected`, each once (naming missing, doubled and foreign ids). Vector fields, and scalar
+    fields with `scalars_on_disk`, come back memory-mapped (`read_rows` reads them in blocks)."""
     counts, chunks = [], []
     for r in range(world_size):
         ids = np.load(part_path(folder, prefix, "ids", r), mmap_mode="r")
         n = int(np.count_nonzero(ids >= 0))  # filled rows are a prefix
         counts.append(n)
         chunks.append(np.array(ids[:n]))
+        del ids
     ids = np.concatenate(chunks)
+    del chunks
     order = np.argsort(ids, kind="stable")
     merged = {"ids": ids[order]}
+    del ids
     _check_exactly_once(merged["ids"], expected)
+    place = None
     for name, f in fields.items():
-        if f.width is None:
-            merged[name] = np.concatenate([np.array(np.load(part_path(folder, prefix, name, r),
-                                                            mmap_mode="r")[:counts[r]])
+        if f.width is None and not scalars_on_disk:
+            merged[name] = np.concatenate([read_rows(part_path(folder, prefix, name, r), 0,
+                                                     counts[r])
                                            for r in range(world_size)])[order]
-        else:
-            merged[name] = _merge_vectors(folder, prefix, name, counts, order, f)
+            continue
+        if place is None:
+            place = np.empty(len(order), dtype=np.int64)
+            place[order] = np.arange(len(order))  # row i of the concatenation goes to place[i]
+        merged[name] = _merge_to_disk(folder, prefix, name, counts, place, f)
     return merged
 
 
-def _merge_vectors(folder: Path, prefix: str, name: str, counts: list[int], order: np.ndarray,
-                   f: Field, chunk: int = 65536) -> np.ndarray:
+def read_rows(path: Path, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of a .npy file, read rather than memory-mapped, so the file's pages never count
+    in this process's resident memory."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(f))
+        width = int(np.prod(shape[1:], dtype=np.int64))
+        f.seek(f.tell() + lo * width * dtype.itemsize)
+        rows = np.fromfile(f, dtype=dtype, count=(hi - lo) * width)
+    return rows.reshape((hi - lo, *shape[1:]))
+
+
+def _merge_to_disk(folder: Path, prefix: str, name: str, counts: list[int], place: np.ndarray,
+                   f: Field) -> np.ndarray:
     """Scatter each rank's rows to their place in id order, in chunks (flat memory)."""
     out_path = folder / f"{prefix}_{name}.merged.npy"
-    out = new_memmap(out_path, f.dtype, f.shape(len(order)))
-    place = np.empty(len(order), dtype=np.int64)
-    place[order] = np.arange(len(order))  # row i of the concatenation goes to place[i]
+    out = new_memmap(out_path, f.dtype, f.shape(len(place)))
     start = 0
     for r, n in enumerate(counts):
-        part = np.load(part_path(folder, prefix, name, r), mmap_mode="r")
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            out[place[start + lo:start + hi]] = part[lo:hi]
+        part = part_path(folder, prefix, name, r)
+        for lo in range(0, n, CHUNK):
+            hi = min(n, lo + CHUNK)
+            out[place[start + lo:start + hi]] = read_rows(part, lo, hi)
         start += n
     out.flush()
     del out

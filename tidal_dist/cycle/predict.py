@@ -10,9 +10,11 @@ predicted distribution, Kye et al. ICCV 2023; empty without a TD module). `.parq
 or anything else as CSV.
 
 Each rank streams its share (training/inference.py) into per-rank part files (cycle/parts.py);
-rank 0 merges them and writes the output in row blocks, so memory stays flat in the number of
-samples apart from a few scalars per id. The output appears in one rename; nothing in the run
-directory is written.
+rank 0 merges them into files in id order and writes the output in row blocks, reading the fields
+and the original keys (data/manifest.py KeyCursor) block by block, so memory stays flat in the
+number of samples apart from a few int64 arrays of ids (the ids to predict, the merge's order and
+places: benchmarks/predict_memory.py measures it). The output appears in one rename; nothing in
+the run directory is written.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import torch
 
 from tidal_dist.config import RUN_CONFIG_NAME, load_config
 from tidal_dist.cycle.loop import committed_cycles, cycle_dir, load_npz
-from tidal_dist.cycle.parts import Field, PartWriter, merge_parts
+from tidal_dist.cycle.parts import Field, PartWriter, merge_parts, read_rows
 from tidal_dist.cycle.pool import pool_ids
-from tidal_dist.data.manifest import load_manifest, original_keys
+from tidal_dist.data.manifest import KeyCursor, load_manifest
 from tidal_dist.job.errors import UserError
 from tidal_dist.job.fsutil import atomic_write
 from tidal_dist.models.network import network_from_state
@@ -88,17 +90,20 @@ def _targets(cfg, run_dir: Path, k: int, split: str, all_ids: bool):
 
 
 def _write(out: Path, merged: dict[str, np.ndarray], manifest, has_td: bool,
-           keys_of) -> None:
+           keys: KeyCursor) -> None:
+    """`out` in blocks of BLOCK rows: the merged fields are read block by block from their files
+    and the original keys streamed from the keys file, so no per-sample column is held whole."""
     names = np.array(manifest.class_names, dtype=object)
     n = len(merged["ids"])
+    files = {name: Path(merged[name].filename) for name in FIELDS}
 
     def columns(lo: int, hi: int) -> dict[str, list]:
         ids = merged["ids"][lo:hi]
-        cls = merged["predicted"][lo:hi]
-        td = merged["td_uncertainty"][lo:hi] if has_td else None
-        return {"id": ids, "original_key": keys_of(ids),
+        cls = read_rows(files["predicted"], lo, hi)
+        td = read_rows(files["td_uncertainty"], lo, hi) if has_td else None
+        return {"id": ids, "original_key": keys.keys(ids),
                 "predicted": cls, "predicted_name": names[cls],
-                "probability": merged["probability"][lo:hi], "td_uncertainty": td}
+                "probability": read_rows(files["probability"], lo, hi), "td_uncertainty": td}
 
     if out.suffix.lower() == ".parquet":
         import pyarrow as pa
@@ -177,13 +182,16 @@ def predict_main(run_dir: str | Path, out: str | Path, cycle: int = -1, split: s
     writer.close()
     acc.wait_for_everyone()
     if acc.is_main_process:
-        merged = merge_parts(parts, "predict", acc.num_processes, ids, FIELDS)
+        merged = merge_parts(parts, "predict", acc.num_processes, ids, FIELDS,
+                             scalars_on_disk=True)
+        del ids  # the merged ids replace them
         out.parent.mkdir(parents=True, exist_ok=True)
         data = load_manifest(root) if root != cfg.data.root else manifest
-        _write(out, merged, data, has_td,
-               lambda ids: original_keys(root, split_name, ids, data))
+        _write(out, merged, data, has_td, KeyCursor(root, split_name, data))
+        count = len(merged["ids"])
+        del merged
         shutil.rmtree(parts, ignore_errors=True)
-        print(f"tidal-dist predict: {len(ids)} predictions of cycle {k}'s model "
+        print(f"tidal-dist predict: {count} predictions of cycle {k}'s model "
               f"({split}) written to {out}", flush=True)
     acc.wait_for_everyone()
     acc.end_training()

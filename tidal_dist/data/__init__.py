@@ -3,6 +3,7 @@
     prepare(spec, out)                     sources -> shards + manifest   (shards.py, sources.py)
     load_manifest / verify / load_labels   what was written, and checks    (manifest.py)
     load_keys / original_keys              each id's original file path or key (manifest.py)
+    KeyCursor                              the same for ascending ids, streamed (flat memory)
     build_transform                        bytes -> normalised tensor      (transforms.py)
     RandomAccessReader, StreamingDataset   reading by id / exactly-once    (readers.py)
     ShardSource, ShardCache                where shards are (a folder or any URL webdataset
@@ -16,7 +17,7 @@
 
 from tidal_dist.data.imbalance import imbalanced_pool
 from tidal_dist.data.locations import ShardSource
-from tidal_dist.data.manifest import (Manifest, ShardInfo, SplitInfo, load_keys, load_labels, load_manifest,
+from tidal_dist.data.manifest import (KeyCursor, Manifest, ShardInfo, SplitInfo, load_keys, load_labels, load_manifest,
                                       original_keys, summary, verify)
 from tidal_dist.data.readers import (LabeledDataset, RandomAccessReader, StreamingDataset, collate_samples,
                                      epoch_assignment, stream_loader, VisitSampler)
@@ -26,7 +27,7 @@ from tidal_dist.data.sources import Source, open_source, parse_spec
 from tidal_dist.data.transforms import build_transform
 
 __all__ = [
-    "LabeledDataset", "VisitSampler", "Manifest", "RandomAccessReader", "ShardCache", "ShardInfo",
+    "KeyCursor", "LabeledDataset", "VisitSampler", "Manifest", "RandomAccessReader", "ShardCache", "ShardInfo",
     "ShardSource", "Source", "SplitInfo",
     "StreamingDataset", "build_transform", "collate_samples", "epoch_assignment", "imbalanced_pool",
     "load_keys", "load_labels", "load_manifest", "original_keys", "open_source", "parse_spec", "prepare", "stream_loader", "summary",

@@ -260,6 +260,90 @@ def original_keys(root: str | Path, split: str, ids: np.ndarray,
     return [keys[i - first] for i in ids.tolist()]
 
 
+class KeyCursor:
+    """The original keys of ascending ids, read forward through the keys file in chunks: flat
+    memory at any pool size, where load_keys holds every key (a million keys are ~70 MB of
+    Python strings). Each call's ids must come after the previous call's."""
+
+    CHUNK = 1 << 20  # characters read at a time
+
+    def __init__(self, root: str | Path, split: str, manifest: Manifest | None = None) -> None:
+        info = (manifest or load_manifest(root)).split(split)
+        self.first = info.first_id
+        self.count = info.num_samples
+        self.path = None if info.keys_file is None else Path(root) / info.keys_file
+        self.stream = self._keys() if self.path is not None else None
+        self.position = 0  # keys read so far; the last one read is self.last
+        self.last = ""
+
+    def keys(self, ids: np.ndarray) -> list[str]:
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.stream is None:
+            return [f"{i:010d}" for i in ids.tolist()]
+        out = []
+        for i in ids.tolist():
+            index = i - self.first
+            if index < self.position - 1 or not 0 <= index < self.count:
+                raise ValueError(f"KeyCursor: id {i} is out of order or outside the split")
+            while self.position <= index:
+                self.last = next(self.stream, None)
+                if self.last is None:
+                    raise UserError(f"keys file '{self.path}': ends before id {i}; expected a "
+                                    f"list of {self.count} keys")
+                self.position += 1
+            out.append(self.last)
+        return out
+
+    def _keys(self):
+        """Each string of the file's JSON list, in order, decoded a chunk of text at a time."""
+        decoder = json.JSONDecoder()
+
+        def bad(why: str) -> UserError:
+            return UserError(f"keys file '{self.path}': {why}; expected a JSON list of "
+                             f"{self.count} keys")
+
+        try:
+            f = open(self.path, encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"keys file '{self.path}' cannot be read: {e}") from None
+        with f:
+            text, pos, eof = "", 0, False
+            expect = "["  # then: an item or "]"; after an item: "," or "]"
+            while True:
+                while pos < len(text) and text[pos] in " \t\r\n":
+                    pos += 1
+                if pos == len(text):
+                    if eof:
+                        raise bad("the list is not closed")
+                    chunk = f.read(self.CHUNK)
+                    text, pos, eof = text[pos:] + chunk, 0, not chunk
+                    continue
+                c = text[pos]
+                if expect == "[":
+                    if c != "[":
+                        raise bad("not a list")
+                    expect, pos = "item or ]", pos + 1
+                elif c == "]" and expect != "item":
+                    return
+                elif expect == ", or ]":
+                    if c != ",":
+                        raise bad(f"unexpected {c!r} after key {self.position}")
+                    expect, pos = "item", pos + 1
+                else:
+                    if c != '"':
+                        raise bad(f"key {self.position} is not a string")
+                    try:
+                        key, end = decoder.raw_decode(text, pos)
+                    except json.JSONDecodeError as e:
+                        if eof:
+                            raise bad(str(e)) from None
+                        chunk = f.read(self.CHUNK)  # a key cut at the chunk's end: read on
+                        text, pos, eof = text[pos:] + chunk, 0, not chunk
+                        continue
+                    yield key
+                    expect, pos = ", or ]", end
+
+
 def known_label_mask(labels: np.ndarray) -> np.ndarray:
     """True where a sample's label is known (not UNKNOWN_LABEL)."""
     return np.asarray(labels) >= 0
