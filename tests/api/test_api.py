@@ -5,6 +5,7 @@ configs from keyword sections; reading runs and models."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,12 @@ SMALL = ["data.num_workers=0", "model.backbone=small_cnn", "model.width=4", "tra
 def run_script(code: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     script = cwd / "script.py"
     script.write_text(code)
+    # SIGINT back to its default in the child, as in a terminal or a notebook kernel: a suite
+    # started in the background (`cmd &`, nohup) inherits SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler of its own
     return subprocess.run([sys.executable, str(script)], cwd=cwd, env=cpu_env(env),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_the_documented_example_runs(tmp_path):
