@@ -173,7 +173,8 @@ def pretrain(cfg: Config, ids: np.ndarray, out: Path, settings: PretrainSettings
         t0 = time.monotonic()
         gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
         order = torch.randperm(len(ids), generator=gen).to(device)
-        total_loss = 0.0
+        # summed on the device: one host sync per epoch, not per step
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
         for step in range(steps_per_epoch):
             maybe_crash_in_epoch(epoch, step)  # resume tests only
             lr = _cosine_lr(settings.lr, epoch * steps_per_epoch + step, total)
@@ -189,8 +190,8 @@ def pretrain(cfg: Config, ids: np.ndarray, out: Path, settings: PretrainSettings
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item()
-        losses.append(total_loss / steps_per_epoch)
+            total_loss += loss.detach()
+        losses.append(total_loss.item() / steps_per_epoch)
         seconds += time.monotonic() - t0
         log.info("pretrain: epoch %d/%d  NT-Xent %.4f  (%.1f s)", epoch + 1, settings.epochs,
                  losses[-1], time.monotonic() - t0)
