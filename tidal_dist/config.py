@@ -89,9 +89,12 @@ class TrainConfig:
     eval_batch_size: int = 256
     checkpoint_every: int = 10  # epochs between mid-cycle checkpoints (0: only at cycle end)
     # auto: the labeled set decoded once into device memory when it fits the budget and the
-    # train transform allows (data/train_batches.py); loader: decode per visit in loader workers
+    # train transform allows (data/train_batches.py); loader: decode per visit in loader workers.
+    # The measured-TD candidates follow it (training/measure.py): decoded once per cycle unless
+    # loader (or an eval transform other than none, or a share over the budget).
     data_path: Literal["auto", "loader", "device"] = "auto"
-    device_data_budget_mb: int = 4096  # per process, for the decoded uint8 labeled set
+    # per process, for each of the decoded uint8 labeled set and the share of measured candidates
+    device_data_budget_mb: int = 4096
     compile: bool = False  # torch.compile the training forward
     record_epoch_probs: bool = False  # td/epochs/probs_eXXXX.npy [N, C] per epoch (data maps)
     timeout_s: int = 300  # process-group timeout: a dead rank ends the job within this bound

@@ -97,6 +97,26 @@ def test_measured_td_equals_a_direct_computation_after_kills_mid_epoch(synthetic
     assert cost["seconds"] > 0 and cost["ratio_to_training"] > 0
     assert m["seconds"]["measure_td"] == cost["seconds"]
     assert m["resumed_from"]["epoch"] == 2 and m["world_size"] == world
+    assert cost["path"] == "decoded"  # the default: candidates decoded once per cycle
+
+
+def test_streamed_and_decoded_candidates_measure_the_same(synthetic_dataset, tmp_path):
+    """train.data_path=loader streams the candidates from the shards at every measurement; the
+    default decodes them once per cycle: the same running sums, votes and counts, on 2 ranks.
+    (Without augmentation, so that the two training paths train the same model.)"""
+    sums = {}
+    for data_path in ("loader", "auto"):
+        run_dir = tmp_path / data_path
+        proc = launch(2, [*args(synthetic_dataset, run_dir, "label_dispersion"),
+                          f"train.data_path={data_path}", "data.train_transform=none"])
+        assert proc.returncode == 0, tail(proc)
+        cycle = run_dir / "cycles" / "cycle_0000"
+        cost = json.loads((cycle / "metrics.json").read_text())["measured_td"]
+        assert cost["path"] == ("streamed" if data_path == "loader" else "decoded")
+        sums[data_path] = {f: np.load(cycle / "measured_td" / f"{f}.npy")
+                           for f in ("ids", "sum", "votes", "count")}
+    for name, streamed in sums["loader"].items():
+        np.testing.assert_allclose(sums["auto"][name], streamed, rtol=1e-6, atol=1e-9, err_msg=name)
 
 
 def test_measured_strategies_score_the_running_mean(synthetic_dataset, tmp_path):

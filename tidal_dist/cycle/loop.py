@@ -175,7 +175,7 @@ def measured_td_cost(measure, seconds: dict) -> dict:
     seconds["train"] = max(seconds["train"] - spent, 0.0)
     seconds["measure_td"] = spent
     return {"measured_td": {"seconds": spent, "measurements": measure.measurements,
-                            "every": measure.every,
+                            "every": measure.every, "path": measure.path,
                             "ratio_to_training": spent / seconds["train"] if seconds["train"] else None}}
 
 

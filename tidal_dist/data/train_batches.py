@@ -48,15 +48,35 @@ def choose_path(cfg, manifest, num_labeled: int) -> tuple[str, str]:
     if kind not in DEVICE_KINDS:
         return "loader", (f"train transform '{kind}' is not available on the device path "
                           f"(it does {', '.join(DEVICE_KINDS)}): using the loader path")
-    size = DeviceImages.nbytes(num_labeled, decoded_shape(manifest, cfg.data.image_size))
-    budget = cfg.train.device_data_budget_mb * 2**20
-    if size > budget:
-        why = (f"the decoded labeled set ({size / 2**20:,.0f} MiB) exceeds "
-               f"train.device_data_budget_mb={cfg.train.device_data_budget_mb}")
+    fits, why = fits_device(cfg, manifest, num_labeled, "labeled set")
+    if not fits:
         if wanted == "device":
             raise UserError(f"config key 'train.data_path': device path asked for, but {why}")
         return "loader", why + ": using the loader path"
-    return "device", f"decoded labeled set {size / 2**20:,.1f} MiB on the device"
+    return "device", why
+
+
+def fits_device(cfg, manifest, num_images: int, what: str) -> tuple[bool, str]:
+    """(whether `num_images` decoded images fit train.device_data_budget_mb, why)."""
+    size = DeviceImages.nbytes(num_images, decoded_shape(manifest, cfg.data.image_size))
+    if size > cfg.train.device_data_budget_mb * 2**20:
+        return False, (f"the decoded {what} ({size / 2**20:,.0f} MiB) exceeds "
+                       f"train.device_data_budget_mb={cfg.train.device_data_budget_mb}")
+    return True, f"decoded {what} {size / 2**20:,.1f} MiB on the device"
+
+
+def decode_on_device(session, ids: np.ndarray) -> DeviceImages:
+    """The pool images of `ids` (ascending), decoded once into uint8 on the session's device."""
+    cfg = session.cfg
+    reader = RandomAccessReader(cfg.data.root, "pool", build_decode(session.manifest, cfg.data.image_size,
+                                                                    cfg.data.interpolation),
+                                verify=cfg.data.verify_shards, shard_url=cfg.data.shard_url,
+                                cache_dir=cfg.data.cache_dir)
+    try:
+        return DeviceImages.decode(reader, ids, session.manifest.mean, session.manifest.std,
+                                   session.device, num_workers=cfg.data.num_workers)
+    finally:
+        reader.close()
 
 
 class LoaderBatches:
@@ -94,17 +114,11 @@ class DeviceBatches:
     kind = "device"
 
     def __init__(self, session, labeled_ids: np.ndarray, batch: int) -> None:
-        cfg, manifest = session.cfg, session.manifest
+        cfg = session.cfg
         self.session, self.batch, self.ids = session, batch, labeled_ids
         self.augment = cfg.data.train_transform == "crop_flip"
         self.padding = cfg.data.crop_padding
-        reader = RandomAccessReader(cfg.data.root, "pool", build_decode(manifest, cfg.data.image_size,
-                                                                 cfg.data.interpolation),
-                                    verify=cfg.data.verify_shards, shard_url=cfg.data.shard_url,
-                                    cache_dir=cfg.data.cache_dir)
-        self.images = DeviceImages.decode(reader, labeled_ids, manifest.mean, manifest.std,
-                                          session.device, num_workers=cfg.data.num_workers)
-        reader.close()
+        self.images = decode_on_device(session, labeled_ids)
 
     def epoch(self, rank_ids: np.ndarray, valid: np.ndarray, epoch_seed: int, epoch: int,
               skip: int, model) -> Iterator[torch.Tensor]:
