@@ -69,6 +69,9 @@ def thirteen(tmp_path_factory):
             if strategy.startswith("td_measured") or strategy == "label_dispersion":
                 extra["measured_td"] = {"seconds": 4.0 + seed, "ratio_to_training": 0.4 + 0.1 * seed,
                                         "measurements": 20, "every": 4}
+                if strategy == "td_measured_margin":  # seeds 1-2 decoded, seed 0 predates the key
+                    if seed:
+                        extra["measured_td"]["path"] = "decoded"
             make_run(root / "runs", strategy, seed, accs, config={"data.imbalance_ratio": 10.0},
                      classes=4, queried_histogram=[20, 15, 10, 5], extra=extra)
     assert report_main([str(root / "runs")], root / "out", cartography_max_classes=0) == 0
@@ -159,8 +162,15 @@ def test_the_cost_of_measuring_is_tabled(thirteen):
     rows = read_csv(thirteen / "toy" / "measured_td.csv")
     assert {r["strategy"] for r in rows} == {"td_measured_entropy", "td_measured_margin",
                                              "label_dispersion"}
-    for r in rows:  # seconds 4, 5, 6 and ratios 0.4, 0.5, 0.6 over the three seeds
-        assert float(r["seconds_mean"]) == approx(5.0) and float(r["ratio_mean"]) == approx(0.5)
+    for r in rows:
+        if r["strategy"] != "td_measured_margin":  # seconds 4, 5, 6 and ratios 0.4, 0.5, 0.6
+            assert r["path"] == "streamed"
+            assert float(r["seconds_mean"]) == approx(5.0) and float(r["ratio_mean"]) == approx(0.5)
+    # the two ways of measuring are never averaged together: seed 0 streamed, seeds 1-2 decoded
+    margin = {r["path"]: r for r in rows if r["strategy"] == "td_measured_margin" and r["cycle"] == "0"}
+    assert float(margin["streamed"]["seconds_mean"]) == approx(4.0) and margin["streamed"]["n"] == "1"
+    assert float(margin["decoded"]["seconds_mean"]) == approx(5.5) and margin["decoded"]["n"] == "2"
     text = (thirteen / "report.md").read_text()
     assert "### Cost of measuring the candidates' training dynamics" in text
-    assert "| 0 | 100 | label_dispersion | 5.0 ± 1.0 | 0.50 ± 0.10 | 20 ± 0 |" in text
+    assert "| 0 | 100 | label_dispersion | streamed (0, 1, 2) | 5.0 ± 1.0 | 0.50 ± 0.10 | 20 ± 0 |" in text
+    assert "| 0 | 100 | td_measured_margin | decoded (1, 2) | 5.5 ± 0.7 | 0.55 ± 0.07 | 20 ± 0 |" in text

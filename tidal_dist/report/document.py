@@ -15,7 +15,7 @@ from pathlib import Path
 from tidal_dist.job.fsutil import atomic_write_json, atomic_write_text
 from tidal_dist.report import plots, stats, tables
 from tidal_dist.report.cartography import ExportRefused, export_cycle
-from tidal_dist.report.collect import BASELINE, Protocol, Run
+from tidal_dist.report.collect import BASELINE, Protocol, Run, Series
 from tidal_dist.report.datamaps import load_datamap
 
 KL_KEYS = ("kl_td_module", "kl_td_classifier")
@@ -128,11 +128,7 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
         sec.skipped["datamaps"] = (f"no td/stats.npy or td/epochs/ in the cycles of "
                                    f"{', '.join(missing)}")
 
-    cost = {s.label: {"seconds": stats.per_cycle_values(s, "measured_td", "seconds"),
-                      "ratio": stats.per_cycle_values(s, "measured_td", "ratio_to_training"),
-                      "measurements": stats.per_cycle_values(s, "measured_td", "measurements")}
-            for s in protocol.series}
-    cost = {label: c for label, c in cost.items() if any(v.n for v in c["seconds"])}
+    cost = measured_costs(protocol)
     if cost:
         sec.tables["measured_td"] = tables.measured_cost_table(protocol, cost, labeled, folder)
 
@@ -156,6 +152,28 @@ def imbalanced(protocol: Protocol) -> bool:
 TRAINING_COLUMNS = {"val_accuracy": "validation accuracy %",
                     "loss": "loss change before LR drop, %",
                     "kl": "module KL change before LR drop, %"}
+
+
+def measured_costs(protocol: Protocol) -> dict[tuple[str, str], dict[str, list]]:
+    """(series label, path) -> per-cycle seconds, ratio to training and measurements over the
+    seeds that measured that way: the candidates streamed from the shards at every measurement
+    cost far more than decoded once per cycle (training/measure.py), so the two are never
+    averaged together. Cycles recorded before the path was (no `path` key) streamed."""
+    out = {}
+    for s in protocol.series:
+        paths = {}
+        for run in s.runs:
+            recorded = [c["measured_td"] for c in run.cycles if isinstance(c.get("measured_td"), dict)]
+            if recorded:
+                paths.setdefault(recorded[0].get("path", "streamed"), []).append(run)
+        for path, runs in paths.items():
+            view = Series(s.strategy, s.objective, runs)
+            out[(s.label, path)] = {
+                "seconds": stats.per_cycle_values(view, "measured_td", "seconds"),
+                "ratio": stats.per_cycle_values(view, "measured_td", "ratio_to_training"),
+                "measurements": stats.per_cycle_values(view, "measured_td", "measurements"),
+                "seeds": view.seeds}
+    return out
 
 
 def training_columns(protocol: Protocol) -> dict[str, dict[str, list[stats.Spread]]]:
@@ -301,7 +319,9 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
         lines.append("Seconds per cycle spent evaluating the candidate subset during training "
                      "(`al.td_measure_every`), and their ratio to the cycle's training proper "
                      "(which excludes them); TiDAL's module predicts the same quantity at no such "
-                     "cost. CSV: measured_td.csv.\n")
+                     "cost. Candidates `streamed` from the shards at every measurement or "
+                     "`decoded` once per cycle (README, \"Strategies\") are kept apart. "
+                     "CSV: measured_td.csv.\n")
         lines.append(sec.tables["measured_td"])
     lines.append("### Data maps\n")
     for name, path in sec.figures.items():

@@ -160,25 +160,27 @@ def class_accuracy_table(protocol: Protocol, balanced: dict[str, list[CycleRow]]
                      "95% CI", "minority-class acc %", "Δ vs Random, pp", "95% CI"], md_rows)
 
 
-def measured_cost_table(protocol: Protocol, cost: dict[str, dict[str, list[Spread]]],
+def measured_cost_table(protocol: Protocol, cost: dict[tuple[str, str], dict[str, list]],
                         labeled: dict[str, list[int]], folder: Path) -> str:
-    """measured_td.csv / markdown: per (cycle, series) that measured candidate TD, the
-    measurements' seconds, their ratio to the cycle's training and their number (mean ± std)."""
+    """measured_td.csv / markdown: per (cycle, series, path) that measured candidate TD, the
+    measurements' seconds, their ratio to the cycle's training and their number (mean ± std
+    over the seeds that measured on that path, listed)."""
     csv_rows, md_rows = [], []
     for s in protocol.series:
-        c = cost.get(s.label)
-        if not c:
-            continue
-        for k, (sec, ratio, n) in enumerate(zip(c["seconds"], c["ratio"], c["measurements"])):
-            csv_rows.append([k, labeled[s.label][k], s.strategy, s.objective, sec.mean, sec.std,
-                             ratio.mean, ratio.std, n.mean, sec.n])
-            md_rows.append([str(k), str(labeled[s.label][k]), s.label, pm(sec, 1), pm(ratio, 2),
-                            pm(n, 0)])
-    write_csv(folder / "measured_td.csv", ["cycle", "labeled", "strategy", "objective",
+        for (label, path), c in cost.items():
+            if label != s.label:
+                continue
+            seeds = ", ".join(map(str, c["seeds"]))
+            for k, (sec, ratio, n) in enumerate(zip(c["seconds"], c["ratio"], c["measurements"])):
+                csv_rows.append([k, labeled[s.label][k], s.strategy, s.objective, path, sec.mean,
+                                 sec.std, ratio.mean, ratio.std, n.mean, sec.n])
+                md_rows.append([str(k), str(labeled[s.label][k]), s.label, f"{path} ({seeds})",
+                                pm(sec, 1), pm(ratio, 2), pm(n, 0)])
+    write_csv(folder / "measured_td.csv", ["cycle", "labeled", "strategy", "objective", "path",
                                            "seconds_mean", "seconds_std", "ratio_mean",
                                            "ratio_std", "measurements", "n"], csv_rows)
-    return markdown(["cycle", "labels", "strategy", "measuring s", "÷ training s",
-                     "measurements"], md_rows)
+    return markdown(["cycle", "labels", "strategy", "candidates (seeds)", "measuring s",
+                     "÷ training s", "measurements"], md_rows)
 
 
 def seconds_table(protocol: Protocol, seconds: dict[str, dict[str, Spread]], folder: Path) -> str:
