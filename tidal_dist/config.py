@@ -90,10 +90,10 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs between mid-cycle checkpoints (0: only at cycle end)
     # auto: the labeled set decoded once into device memory when it fits the budget and the
     # train transform allows (data/train_batches.py); loader: decode per visit in loader workers.
-    # The measured-TD candidates follow it (training/measure.py): decoded once per cycle unless
-    # loader (or an eval transform other than none, or a share over the budget).
+    # Evaluation and scoring follow it (data/decoded_split.py): a split kept decoded on the
+    # device unless loader (or an eval transform other than none, or a split over the budget).
     data_path: Literal["auto", "loader", "device"] = "auto"
-    # per process, for each of the decoded uint8 labeled set and the share of measured candidates
+    # per process, for each of the decoded uint8 labeled set and each split kept decoded
     device_data_budget_mb: int = 4096
     compile: bool = False  # torch.compile the training forward
     record_epoch_probs: bool = False  # td/epochs/probs_eXXXX.npy [N, C] per epoch (data maps)

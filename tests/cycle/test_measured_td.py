@@ -100,23 +100,30 @@ def test_measured_td_equals_a_direct_computation_after_kills_mid_epoch(synthetic
     assert cost["path"] == "decoded"  # the default: candidates decoded once per cycle
 
 
-def test_streamed_and_decoded_candidates_measure_the_same(synthetic_dataset, tmp_path):
-    """train.data_path=loader streams the candidates from the shards at every measurement; the
-    default decodes them once per cycle: the same running sums, votes and counts, on 2 ranks.
+def test_streamed_and_decoded_passes_give_the_same_run(synthetic_dataset, tmp_path):
+    """train.data_path=loader streams every evaluation, scoring and measurement pass from the
+    shards; the default keeps the test split and the pool decoded on the device: the same
+    running sums, votes and counts, the same accuracies, scores and queries, on 2 ranks.
     (Without augmentation, so that the two training paths train the same model.)"""
-    sums = {}
+    runs = {}
     for data_path in ("loader", "auto"):
         run_dir = tmp_path / data_path
         proc = launch(2, [*args(synthetic_dataset, run_dir, "label_dispersion"),
                           f"train.data_path={data_path}", "data.train_transform=none"])
         assert proc.returncode == 0, tail(proc)
         cycle = run_dir / "cycles" / "cycle_0000"
-        cost = json.loads((cycle / "metrics.json").read_text())["measured_td"]
-        assert cost["path"] == ("streamed" if data_path == "loader" else "decoded")
-        sums[data_path] = {f: np.load(cycle / "measured_td" / f"{f}.npy")
+        metrics = json.loads((cycle / "metrics.json").read_text())
+        assert metrics["measured_td"]["path"] == ("streamed" if data_path == "loader" else "decoded")
+        runs[data_path] = {f: np.load(cycle / "measured_td" / f"{f}.npy")
                            for f in ("ids", "sum", "votes", "count")}
-    for name, streamed in sums["loader"].items():
-        np.testing.assert_allclose(sums["auto"][name], streamed, rtol=1e-6, atol=1e-9, err_msg=name)
+        with np.load(cycle / "scores.npz") as scores:
+            runs[data_path].update(scored_ids=scores["ids"], uncertainty=scores["uncertainty"])
+        with np.load(cycle / "queried.npz") as queried:
+            runs[data_path]["queried"] = queried["ids"]
+        runs[data_path]["test_per_class_correct"] = np.array(metrics["test_per_class_correct"])
+        assert sum(metrics["test_per_class_seen"]) == metrics["test_samples"] > 0
+    for name, streamed in runs["loader"].items():
+        np.testing.assert_allclose(runs["auto"][name], streamed, rtol=1e-6, atol=1e-9, err_msg=name)
 
 
 def test_measured_strategies_score_the_running_mean(synthetic_dataset, tmp_path):

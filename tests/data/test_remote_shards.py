@@ -386,11 +386,12 @@ def test_dead_url_ends_a_run_with_exit_2(synthetic_dataset, tmp_path):
 @pytest.mark.multiprocess
 def test_two_process_training_over_http_matches_local(synthetic_dataset, server, tmp_path):
     """Training (random access through the node's cache, shared by both ranks and their loader
-    workers) and evaluation (streaming over HTTP) give bit-identical results to local shards."""
+    workers) and evaluation (streaming over HTTP: train.data_path=loader, so the test split is
+    not kept decoded) give bit-identical results to local shards."""
     worker = "tests/workers/train_worker.py"
     settings = [f"data.root={synthetic_dataset}", "data.num_workers=1", "model.backbone=small_cnn",
                 "model.width=4", "train.epochs=2", "train.batch_size=12", "train.eval_batch_size=16",
-                "al.initial=61", "run.seed=5"]
+                "al.initial=61", "run.seed=5", "train.data_path=loader"]
     cache = tmp_path / "cache"
     runs = {}
     for name, extra in (("local", []), ("http", [f"data.shard_url={server.url}",

@@ -171,7 +171,8 @@ def predict_main(run_dir: str | Path, out: str | Path, cycle: int = -1, split: s
     writer = PartWriter(parts, "predict", acc.process_index, capacity, FIELDS)
     has_td = network.td_module is not None
     bar = progress(total=len(ids), desc="predicting", unit="samples", enabled=acc.is_main_process)
-    for batch_ids, _labels, outputs in predict(session, split_name, cfg.al.score_batch_size, ids=ids):
+    for batch_ids, _labels, outputs in predict(session, split_name, cfg.al.score_batch_size,
+                                               ids=ids, reuse=False):
         p = predictions(outputs)
         writer.append({"ids": batch_ids.numpy(), "predicted": p["predicted"].cpu().numpy(),
                        "probability": p["probability"].cpu().numpy(),

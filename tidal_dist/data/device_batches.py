@@ -75,8 +75,25 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.reader[int(self.ids[i])][1]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        _, image, label = self.reader[int(self.ids[i])]
+        return image, label
+
+
+def decode_into(images: torch.Tensor, rows: np.ndarray, reader: RandomAccessReader, ids: np.ndarray,
+                num_workers: int = 0, batch_size: int = 256) -> np.ndarray:
+    """Decode `ids` with `reader` (its transform must yield uint8 [C, H, W]) into
+    images[rows]; returns their labels (int64, as the shards give them)."""
+    reader.check_shards_for(ids)
+    loader = DataLoader(_Decoded(reader, ids), batch_size=batch_size, num_workers=num_workers)
+    labels = np.empty(len(ids), dtype=np.int64)
+    lo = 0
+    for batch, batch_labels in loader:
+        index = torch.from_numpy(np.asarray(rows[lo:lo + len(batch)])).to(images.device)
+        images.index_copy_(0, index, batch.to(images.device))
+        labels[lo:lo + len(batch)] = batch_labels.numpy()
+        lo += len(batch)
+    return labels
 
 
 class DeviceImages:
@@ -97,17 +114,11 @@ class DeviceImages:
                batch_size: int = 256) -> "DeviceImages":
         """Decode every id once with `reader` (its transform must yield uint8 [C, H, W])."""
         ids = np.asarray(ids, dtype=np.int64)
-        reader.check_shards_for(ids)
-        loader = DataLoader(_Decoded(reader, ids), batch_size=batch_size, num_workers=num_workers)
-        images = None
-        lo = 0
-        for batch in loader:
-            if images is None:
-                images = torch.empty((len(ids), *batch.shape[1:]), dtype=torch.uint8, device=device)
-            images[lo:lo + len(batch)] = batch.to(device)
-            lo += len(batch)
-        if images is None:
+        if not len(ids):
             raise ValueError("no labeled ids to decode")
+        _, first, _ = reader[int(ids[0])]
+        images = torch.empty((len(ids), *first.shape), dtype=torch.uint8, device=device)
+        decode_into(images, np.arange(len(ids)), reader, ids, num_workers, batch_size)
         return cls(images, mean, std)
 
     def batch(self, rows: torch.Tensor, top: torch.Tensor | None = None,

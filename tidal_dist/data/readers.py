@@ -184,7 +184,7 @@ class RandomAccessReader:
             self._open.popitem()[1].close()
 
 
-def _select_ids(info: SplitInfo, ids: np.ndarray | None) -> np.ndarray:
+def select_ids(info: SplitInfo, ids: np.ndarray | None) -> np.ndarray:
     if ids is None:
         return info.ids()
     ids = np.sort(np.asarray(ids, dtype=np.int64).ravel())
@@ -222,7 +222,7 @@ class StreamingDataset(IterableDataset):
         self.source = ShardSource.of(self.root, manifest.base_url, shard_url)
         self.cache = ShardCache(cache_dir) if self.source.remote else None
         self.transform = transform
-        self.ids = _select_ids(self.info, ids)
+        self.ids = select_ids(self.info, ids)
         self.rank = distributed.rank() if rank is None else rank
         self.world_size = distributed.world_size() if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:

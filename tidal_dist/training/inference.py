@@ -3,8 +3,9 @@
 Each rank streams its own share (data.readers.StreamingDataset, exactly once over ranks x loader
 workers) through the unwrapped model: DDP's forward may broadcast buffers, a collective that would
 deadlock when ranks run different numbers of batches. No collective runs inside the loop.
-`predict_decoded` runs the same loop over images already decoded on the device (the measured-TD
-candidates, decoded once per cycle rather than streamed at every measurement).
+A split the session keeps decoded on the device (data/decoded_split.py: the test split, the
+pool's hold-out and candidates at CIFAR scale) is read from there instead of the shards: the same
+shares and batches, without a read or a decode per pass.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from tidal_dist.data.device_batches import DeviceImages
 from tidal_dist.data.readers import StreamingDataset, stream_loader
 from tidal_dist.data.tensor_decode import TensorDecoder, collate_raw, raw_bytes, use_tensor_decode
 from tidal_dist.data.transforms import build_transform
@@ -22,13 +22,20 @@ from tidal_dist.job import faults, preemption
 
 
 def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None, forward=None,
-            reference: torch.nn.Module | None = None,
+            reference: torch.nn.Module | None = None, reuse: bool = True,
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """Yield (ids, labels, outputs) for this rank's share of `split` (or of `ids`): outputs is the
     network's dict (logits, embedding, td_logits, loss_pred as it has them), float32 on the
     device; ids and labels stay on the CPU. With `reference` (a second network, in eval mode on
-    the same device), outputs also holds its logits on the same batch as "reference_logits"."""
+    the same device), outputs also holds its logits on the same batch as "reference_logits".
+    `reuse=False` always streams: a single pass (tidal-dist predict) has nothing to reuse, and its
+    memory stays flat at any pool size."""
     cfg, acc = session.cfg, session.accelerator
+    decoded = session.decoded_split(split) if reuse else None
+    if decoded is not None:  # decoded once per process (data/decoded_split.py)
+        share = decoded.share(ids, acc.process_index, acc.num_processes)
+        yield from _forward_batches(session, decoded.batches(share, batch_size), forward, reference)
+        return
     decoder = None
     if use_tensor_decode(cfg.data.decode, session.manifest, acc.device.type == "cuda"):
         # Loader workers only read bytes; the batch is decoded on the device (tensor_decode.py).
@@ -46,18 +53,6 @@ def predict(session, split: str, batch_size: int, ids: np.ndarray | None = None,
                            collate=collate_raw if decoder else None)
     batches = ((ids_, y, decoder(x) if decoder else x) for ids_, x, y in loader)
     yield from _forward_batches(session, batches, forward, reference)
-
-
-def predict_decoded(session, images: DeviceImages, ids: np.ndarray, batch_size: int,
-                    ) -> Iterator[tuple[torch.Tensor, None, dict[str, torch.Tensor]]]:
-    """Yield (ids, None, outputs) for `ids` (ascending) whose images are already decoded on the
-    device (`images` holds exactly these ids, in this order), in batches of `batch_size`: the
-    eval transform `none` without reading a shard (training/measure.py, once per cycle)."""
-    batches = ((torch.from_numpy(ids[lo:lo + batch_size]), None,
-                images.batch(torch.arange(lo, min(lo + batch_size, len(ids)),
-                                          device=images.images.device)))
-               for lo in range(0, len(ids), batch_size))
-    yield from _forward_batches(session, batches, None, None)
 
 
 def _forward_batches(session, batches, forward, reference):

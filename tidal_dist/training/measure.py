@@ -6,45 +6,23 @@ first (what DDP's next forward does anyway), so every rank measures the same mod
 that follows draws exactly what it would have drawn unmeasured; its seconds are kept apart from
 training's (`seconds`), for the cycle's metrics.
 
-Where the candidates' images come from (`path`, chosen once per cycle and logged):
-    decoded   this rank's share decoded once, at the cycle's start, into uint8 on the device
-              (data/device_batches.py), and every measurement normalises it there: a
-              measurement is then a forward pass, not a read and decode of every candidate.
-              Taken when train.data_path is auto or device, the eval transform is `none` (so
-              decode + normalise is exactly what the streamed path computes) and the share fits
-              train.device_data_budget_mb.
-    streamed  inference.predict over the shards at every measurement (train.data_path=loader,
-              another eval transform, or a share over the budget).
-Both give the same shares (StreamingDataset's split with no loader workers) and batches.
+The candidates' images come from the pool as every pass's do (training/inference.py): decoded
+once per process on the device where the session keeps the pool decoded (`path: decoded`), so a
+measurement is a forward pass, else streamed from the shards at every measurement.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tidal_dist.data.readers import StreamingDataset
-from tidal_dist.data.train_batches import decode_on_device, fits_device
 from tidal_dist.dynamics.measured import MeasuredTD
 from tidal_dist.job import preemption
-from tidal_dist.training.inference import predict, predict_decoded
+from tidal_dist.training.inference import predict
 from tidal_dist.training.train import sync_buffers
-
-log = logging.getLogger("tidal_dist")
-
-
-def candidate_path(cfg, manifest, share: int) -> tuple[str, str]:
-    """('decoded' | 'streamed', why) for a rank measuring `share` candidates."""
-    if cfg.train.data_path == "loader":
-        return "streamed", "train.data_path=loader"
-    if cfg.data.eval_transform != "none":
-        return "streamed", f"eval transform '{cfg.data.eval_transform}' is not kept decoded"
-    fits, why = fits_device(cfg, manifest, share, "share of the candidates")
-    return ("decoded", why) if fits else ("streamed", why)
 
 
 class CandidateMeasurer:
@@ -54,14 +32,7 @@ class CandidateMeasurer:
         self.state = MeasuredTD(candidates, session.num_classes, session.accelerator.device)
         self.seconds = 0.0
         self.measurements = 0
-        acc = session.accelerator
-        self.share = StreamingDataset.assigned_ids(self.state.ids, acc.process_index,
-                                                   acc.num_processes, 0)[0]
-        # Every rank takes the same path: it is chosen on the largest share, not this rank's.
-        largest = -(-len(self.state.ids) // acc.num_processes)
-        self.path, why = candidate_path(session.cfg, session.manifest, largest)
-        log.info("measured TD: candidates %s (%s)", self.path, why)
-        self.images = None  # decoded at the first measurement (its seconds count as measuring)
+        self.path = "streamed" if session.decoded_split("pool") is None else "decoded"
 
     def due(self, epoch: int) -> bool:
         """After epoch `epoch` (0-based): every `every` epochs, and always after the last."""
@@ -78,15 +49,8 @@ class CandidateMeasurer:
         sync_buffers(acc.unwrap_model(self.session.model))
         self.state.begin()
         with torch.random.fork_rng(devices=[]):
-            batch = self.session.cfg.al.score_batch_size
-            if self.path == "decoded":
-                if self.images is None and len(self.share):
-                    self.images = decode_on_device(self.session, self.share)
-                # a rank with no share (more ranks than candidates) measures nothing
-                outputs = predict_decoded(self.session, self.images, self.share, batch) \
-                    if len(self.share) else iter(())
-            else:
-                outputs = predict(self.session, "pool", batch, ids=self.state.ids)
+            outputs = predict(self.session, "pool", self.session.cfg.al.score_batch_size,
+                              ids=self.state.ids)
             for ids, _labels, out in outputs:
                 self.state.add(ids.numpy(), torch.softmax(out["logits"], dim=1))
         preemption.raise_if_agreed(acc.device, "measuring the candidates' training dynamics")

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from tidal_dist.config import Config
+from tidal_dist.data.decoded_split import DecodedSplit, choose_split_path
 from tidal_dist.data.manifest import Manifest
 from tidal_dist.data.readers import RandomAccessReader
 from tidal_dist.data.transforms import build_transform
@@ -40,6 +41,8 @@ class Session:
     objective: Objective  # what the classifier trains with (train.objective, resolved)
     train_reader: RandomAccessReader | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)  # metrics.jsonl, trackers, log lines
+    # split -> its images decoded on the device for evaluation and scoring, None: streamed
+    decoded_splits: dict[str, DecodedSplit | None] = field(default_factory=dict)
 
     @property
     def records_td(self) -> bool:
@@ -63,6 +66,17 @@ class Session:
             self.train_reader = RandomAccessReader(c.root, "pool", transform, verify=c.verify_shards,
                                                    shard_url=c.shard_url, cache_dir=c.cache_dir)
         return self.train_reader
+
+    def decoded_split(self, split: str) -> DecodedSplit | None:
+        """The split's decoded images (data/decoded_split.py) when passes over it take the
+        decoded path, else None (streamed); decided, and logged, at the first pass."""
+        if split not in self.decoded_splits:
+            path, why = choose_split_path(self.cfg, self.manifest, split)
+            if self.accelerator.is_main_process:
+                log.info("%s split: %s (%s)", split, path, why)
+            self.decoded_splits[split] = (DecodedSplit(self.cfg, self.manifest, split, self.device)
+                                          if path == "decoded" else None)
+        return self.decoded_splits[split]
 
     def to_device(self, x: torch.Tensor, model: nn.Module) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
