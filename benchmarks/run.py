@@ -20,6 +20,7 @@ run, or a time with its target; each file records the machine (CPU model, cores,
 | train.sync_batchnorm | torch's BatchNorm2d step, same weights (sync_batchnorm.py) | - (the trade-off in docs/launching.md) |
 | TD overhead, timm | plain CE step, timm ResNet-50 and ViT-S at 224 (timm_models.py) | <= 1.05 CPU |
 | frozen-feature path | image path with the same frozen backbone, one 10-epoch cycle (timm_models.py) | >= 10x |
+| evaluation + scoring passes | the same passes streamed from the shards (eval_passes.py) | >= 2x after the first cycle |
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from benchmarks import (readers, scoring, strategies, sync_batchnorm, td_gather,  # noqa: E402
-                        timm_models, train_step, training_path)
+from benchmarks import (eval_passes, readers, scoring, strategies, sync_batchnorm,  # noqa: E402
+                        td_gather, timm_models, train_step, training_path)
 from benchmarks.common import RESULTS, machine, write  # noqa: E402
 
 FULL = {
@@ -48,6 +49,7 @@ FULL = {
     "strategies": [],
     "sync_batchnorm": [],
     "timm_models": [],
+    "eval_passes": [],
 }
 QUICK = {
     "train_step": ["--backbones", "small_cnn", "--steps", "3", "--batch", "16"],
@@ -60,10 +62,11 @@ QUICK = {
     "sync_batchnorm": ["--backbones", "small_cnn", "--steps", "2", "--batch", "16"],
     "timm_models": ["--models", "resnet10t", "--size", "32", "--batch", "8", "--steps", "1",
                     "--n", "8", "--epochs", "2", "--image-epochs", "1"],
+    "eval_passes": ["--pool", "1000", "--candidates", "300", "--cycles", "2"],
 }
 
 PER_DEVICE = {"train_step", "sync_batchnorm", "timm_models"}  # their results file is named <name>_<cpu|cuda>
-NO_SCRATCH = {"train_step", "readers", "sync_batchnorm", "timm_models"}  # they take no --work folder
+NO_SCRATCH = {"train_step", "readers", "sync_batchnorm", "timm_models", "eval_passes"}  # they take no --work folder
 
 
 def figures(res: dict) -> list[dict]:
@@ -164,6 +167,12 @@ def figures(res: dict) -> list[dict]:
             f"epoch after the one pass; ceiling {f['ceiling']:.1f}x)",
             f">= {r['target_frozen_cycle_ratio_min']:.0f}x",
             f["cycle_ratio"] >= r["target_frozen_cycle_ratio_min"])
+    if "eval_passes" in res:
+        r = res["eval_passes"]
+        ratio = r["ratio_after_first_cycle"]
+        add("evaluation + scoring passes, decoded vs streamed", ratio,
+            f"streamed / decoded seconds = {ratio:.1f} ({r['test']:,} test images + "
+            f"{r['candidates']:,} candidates of {r['pool']:,} per cycle)", ">= 2x", ratio >= 2)
     if "readers" in res:
         r = res["readers"]
         add("random-access reads", r["random_reads_per_s"],
@@ -190,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     modules = {"train_step": train_step, "training_path": training_path, "td_gather": td_gather,
                "scoring": scoring, "readers": readers, "strategies": strategies,
-               "sync_batchnorm": sync_batchnorm, "timm_models": timm_models}
+               "sync_batchnorm": sync_batchnorm, "timm_models": timm_models,
+               "eval_passes": eval_passes}
     results, seconds = {}, {}
     # Benchmarks not run now keep their stored results in the summary (each file has its date).
     device = "cuda" if train_step.torch.cuda.is_available() else "cpu"

@@ -52,7 +52,10 @@ def dataset(work: Path, n: int, size: str) -> Path:
 def session_for(root: Path, workers: int, run_dir: Path):
     cfg = load_config(None, [f"data.root={root}", f"data.num_workers={workers}",
                              "model.backbone=small_cnn", "al.score_batch_size=256",
-                             f"run.dir={run_dir}", "data.verify_shards=false"])
+                             f"run.dir={run_dir}", "data.verify_shards=false",
+                             # the streamed path, whose overhead and memory this measures (the
+                             # pool kept decoded is eval_passes.py's)
+                             "train.data_path=loader"])
     return build_session(cfg)
 
 

@@ -14,7 +14,7 @@ def test_quick_benchmark_run_writes_every_result_with_the_machine(tmp_path):
                           cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("train_step_cpu", "training_path", "td_gather", "scoring", "readers", "strategies",
-                 "sync_batchnorm_cpu", "timm_models_cpu", "summary"):
+                 "sync_batchnorm_cpu", "timm_models_cpu", "eval_passes", "summary"):
         data = json.loads((out / f"{name}.json").read_text())
         assert data["machine"]["cores"] >= 1 and data["machine"]["cpu"], name
         assert (out / f"{name}.md").read_text().startswith(f"# {name}")
@@ -24,7 +24,8 @@ def test_quick_benchmark_run_writes_every_result_with_the_machine(tmp_path):
                    "TD gather vs file fold", "TD gather vs epoch", "scoring vs bare model(x)",
                    "peak RSS", "top-k", "per-sample strategies vs TiDAL-H", "BALD vs TiDAL-H",
                    "coreset selection step", "badge selection step", "train.sync_batchnorm step",
-                   "TD overhead (timm:resnet10t", "frozen-feature path vs image path"):
+                   "TD overhead (timm:resnet10t", "frozen-feature path vs image path",
+                   "evaluation + scoring passes, decoded vs streamed"):
         assert figure in names, f"{figure} missing from {names}"
     for f in summary["figures"]:
         assert isinstance(f["value"], float) and f["value"] > 0, f
