@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from tidal_dist.data.device_batches import DeviceImages, decode_into
-from tidal_dist.data.readers import RandomAccessReader, StreamingDataset, select_ids
-from tidal_dist.data.train_batches import decoded_shape, fits_device
-from tidal_dist.data.transforms import build_decode
+from tidal_dist.data.readers import StreamingDataset, select_ids
+from tidal_dist.data.train_batches import decode_reader, decoded_shape, fits_device
 
 
 def choose_split_path(cfg, manifest, split: str) -> tuple[str, str]:
@@ -44,11 +43,7 @@ class DecodedSplit:
 
     def __init__(self, cfg, manifest, split: str, device: torch.device) -> None:
         self.info = manifest.split(split)
-        self.reader = RandomAccessReader(cfg.data.root, split,
-                                         build_decode(manifest, cfg.data.image_size,
-                                                      cfg.data.interpolation),
-                                         verify=cfg.data.verify_shards, shard_url=cfg.data.shard_url,
-                                         cache_dir=cfg.data.cache_dir)
+        self.reader = decode_reader(cfg, manifest, split)
         shape = decoded_shape(manifest, cfg.data.image_size)
         images = torch.zeros((self.info.num_samples, *shape), dtype=torch.uint8, device=device)
         self.images = DeviceImages(images, manifest.mean, manifest.std)

@@ -65,13 +65,19 @@ def fits_device(cfg, manifest, num_images: int, what: str) -> tuple[bool, str]:
     return True, f"decoded {what} {size / 2**20:,.1f} MiB on the device"
 
 
+def decode_reader(cfg, manifest, split: str = "pool") -> RandomAccessReader:
+    """Random access to `split` yielding uint8 [C, H, W] (data.transforms.build_decode): what
+    every device-resident copy of images is decoded with."""
+    return RandomAccessReader(cfg.data.root, split, build_decode(manifest, cfg.data.image_size,
+                                                                 cfg.data.interpolation),
+                              verify=cfg.data.verify_shards, shard_url=cfg.data.shard_url,
+                              cache_dir=cfg.data.cache_dir)
+
+
 def decode_on_device(session, ids: np.ndarray) -> DeviceImages:
     """The pool images of `ids` (ascending), decoded once into uint8 on the session's device."""
     cfg = session.cfg
-    reader = RandomAccessReader(cfg.data.root, "pool", build_decode(session.manifest, cfg.data.image_size,
-                                                                    cfg.data.interpolation),
-                                verify=cfg.data.verify_shards, shard_url=cfg.data.shard_url,
-                                cache_dir=cfg.data.cache_dir)
+    reader = decode_reader(cfg, session.manifest)
     try:
         return DeviceImages.decode(reader, ids, session.manifest.mean, session.manifest.std,
                                    session.device, num_workers=cfg.data.num_workers)

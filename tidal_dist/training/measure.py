@@ -49,9 +49,9 @@ class CandidateMeasurer:
         sync_buffers(acc.unwrap_model(self.session.model))
         self.state.begin()
         with torch.random.fork_rng(devices=[]):
-            outputs = predict(self.session, "pool", self.session.cfg.al.score_batch_size,
-                              ids=self.state.ids)
-            for ids, _labels, out in outputs:
+            for ids, _labels, out in predict(self.session, "pool",
+                                             self.session.cfg.al.score_batch_size,
+                                             ids=self.state.ids):
                 self.state.add(ids.numpy(), torch.softmax(out["logits"], dim=1))
         preemption.raise_if_agreed(acc.device, "measuring the candidates' training dynamics")
         self.state.finish(lambda t: acc.reduce(t, reduction="sum"))
