@@ -157,7 +157,7 @@ TRAINING_COLUMNS = {"val_accuracy": "validation accuracy %",
 def measured_costs(protocol: Protocol) -> dict[tuple[str, str], dict[str, list]]:
     """(series label, path) -> per-cycle seconds, ratio to training and measurements over the
     seeds that measured that way: the candidates streamed from the shards at every measurement
-    cost far more than decoded once per cycle (training/measure.py), so the two are never
+    cost far more than read from the pool kept decoded (training/measure.py), so the two are never
     averaged together. Cycles recorded before the path was (no `path` key) streamed."""
     out = {}
     for s in protocol.series:
@@ -320,7 +320,7 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
                      "(`al.td_measure_every`), and their ratio to the cycle's training proper "
                      "(which excludes them); TiDAL's module predicts the same quantity at no such "
                      "cost. Candidates `streamed` from the shards at every measurement or "
-                     "`decoded` once per cycle (README, \"Strategies\") are kept apart. "
+                     "read from the pool kept `decoded` (README, \"Strategies\") are kept apart. "
                      "CSV: measured_td.csv.\n")
         lines.append(sec.tables["measured_td"])
     lines.append("### Data maps\n")
