@@ -10,12 +10,32 @@
 #   tidal-dist report OUT/imb10_* --out docs/results/imbalanced10 --cartography-max-classes 0
 #
 # TIDAL_DIST (default: tidal-dist) is the command that runs the package.
+# On a fresh clone, the finished runs already committed in COMPACT (default
+# docs/results/td_family_runs, written by launch/compact_runs.sh) are copied into OUT first, so the
+# sweeps skip them: a compacted run keeps every cycle's metrics, which is all a finished run needs.
 set -euo pipefail
 OUT=${OUT:-runs-study}
 TD=${TIDAL_DIST:-tidal-dist}
+COMPACT=${COMPACT:-docs/results/td_family_runs}
 IMB10="random,margin,tidal_entropy,tidal_margin,td_measured_margin,label_dispersion,td_measured_entropy,dynamical,tod,entropy,badge"
 IMB100="random,margin,tidal_entropy,tidal_margin,td_measured_margin"
-BALANCED="random,td_measured_entropy,td_measured_margin,label_dispersion,dynamical,tod"
+# Random first (every comparison is paired with it), then the series the questions need most.
+BALANCED="random,td_measured_margin,dynamical,tod,label_dispersion,td_measured_entropy"
+
+restore_finished() {  # copy each finished compacted run (and its sweep.json) missing from OUT
+  [ -d "$COMPACT" ] || return 0
+  local outcome run sweep_dir
+  for outcome in "$COMPACT"/*/*/seed_*/outcome.json; do
+    [ -f "$outcome" ] && grep -q '"status": "done"' "$outcome" || continue
+    run=${outcome#"$COMPACT"/}; run=${run%/outcome.json}
+    sweep_dir=${run%%/*}
+    [ -e "$OUT/$run" ] && continue
+    mkdir -p "$OUT/$run"
+    cp -r "$COMPACT/$run/." "$OUT/$run/"
+    [ -e "$OUT/$sweep_dir/sweep.json" ] || cp "$COMPACT/$sweep_dir/sweep.json" "$OUT/$sweep_dir/"
+    echo "restored finished run $run from $COMPACT"
+  done
+}
 
 sweep() {  # sweep CONFIG OUT STRATEGIES SEEDS [OVERRIDES...]
   local config=$1 out=$2 strategies=$3 seeds=$4
@@ -25,6 +45,7 @@ sweep() {  # sweep CONFIG OUT STRATEGIES SEEDS [OVERRIDES...]
     --jobs 2 "$@"
 }
 
+restore_finished
 for seeds in 0 1,2; do
   tag=${seeds/,/}
   sweep configs/fashion_mnist_imb10.yaml "imb10_seeds$tag" "$IMB10" "$seeds"
