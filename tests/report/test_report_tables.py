@@ -146,3 +146,45 @@ def test_without_a_classifier_run_under_tidal_training_the_ablation_says_what_to
     out, _ = report
     text = (out / "report.md").read_text()
     assert "train.objective=tidal" in text and not (out / "toy" / "same_training.csv").exists()
+
+
+def test_tidal_against_the_td_family_is_paired_by_seed(tmp_path):
+    """TiDAL-H against each other training-dynamics strategy (measured TD, dynamicAL, TOD), paired
+    by seed; a strategy outside the family (Random) and a classifier score under TiDAL's training
+    are not paired; seed 3 has no twin and must not count."""
+    dynamical = {0: [0.50, 0.62], 1: [0.53, 0.66], 2: [0.55, 0.68]}
+    measured = {0: [0.50, 0.60], 1: [0.53, 0.67]}
+    for seed, acc in TIDAL.items():
+        make_run(tmp_path / "runs", "tidal_entropy", seed, acc)
+    for seed, acc in RANDOM.items():
+        make_run(tmp_path / "runs", "random", seed, acc)
+    for seed, acc in dynamical.items():
+        make_run(tmp_path / "runs", "dynamical", seed, acc)
+    for seed, acc in measured.items():
+        make_run(tmp_path / "runs", "td_measured_margin", seed, acc)
+    make_run(tmp_path / "ablation", "entropy", 0, [0.5, 0.6], config={"train.objective": "tidal"})
+    out = tmp_path / "report"
+    assert report_main([str(tmp_path / "runs"), str(tmp_path / "ablation")], out) == 0
+    rows = {(int(r["cycle"]), r["other_series"]): r for r in read_csv(out / "toy" / "td_family.csv")}
+    assert {other for _, other in rows} == {"td_measured_margin", "dynamical"}
+    assert {r["tidal_series"] for r in rows.values()} == {"tidal_entropy"}
+    row = rows[(1, "dynamical")]
+    diffs = [66 - 62, 64 - 66, 71 - 68]
+    assert int(row["diff_n"]) == 3
+    assert float(row["diff_mean"]) == approx(statistics.mean(diffs))
+    assert float(row["diff_std"]) == approx(statistics.stdev(diffs))
+    t = 0.95 * (2 / (1 - 0.95 ** 2)) ** 0.5  # t_{0.975, 2}: P(|T| < t) = t / sqrt(2 + t^2) for 2 dof
+    half = t * statistics.stdev(diffs) / 3 ** 0.5
+    assert float(row["diff_ci_low"]) == approx(statistics.mean(diffs) - half)
+    assert float(row["other_acc_mean"]) == approx(statistics.mean([62, 66, 68]))
+    assert int(rows[(1, "td_measured_margin")]["diff_n"]) == 2
+    assert float(rows[(1, "td_measured_margin")]["diff_mean"]) == approx(((66 - 60) + (64 - 67)) / 2)
+    text = (out / "report.md").read_text()
+    assert "TiDAL against the rest of the training-dynamics family" in text
+    assert "| 1 | 150 | tidal_entropy vs dynamical |" in text
+
+
+def test_without_a_td_family_run_there_is_no_td_family_table(report):
+    out, _ = report
+    assert not (out / "toy" / "td_family.csv").exists()
+    assert "training-dynamics family" not in (out / "report.md").read_text()

@@ -87,6 +87,11 @@ def build_protocol(protocol: Protocol, out: Path, cartography_max_classes: int) 
             "no classifier-score run under TiDAL's training to pair with; add a sweep with "
             "--strategies entropy,margin train.objective=tidal (same seeds)")
 
+    family = stats.td_family_pairs(protocol.series)
+    if family:
+        sec.tables["td_family"] = tables.td_family_table(
+            [(a, b, stats.cycle_rows(a, b), rows[b.label]) for a, b in family], folder)
+
     hists = {(s.label, k): stats.mean_histogram(s, k) for s in protocol.series
              for k in range(stats.num_cycles(s))}
     if any(h is not None for h in hists.values()):
@@ -296,6 +301,15 @@ def section_markdown(sec: Section, out: Path, several: bool) -> str:
             lines.append(sec.tables["same_training"])
         else:
             lines.append(f"_Skipped: {sec.skipped['same_training']}._\n")
+    if "td_family" in sec.tables:
+        lines.append("### TiDAL against the rest of the training-dynamics family\n")
+        lines.append("Each TiDAL strategy (the module's predicted TD) against each other "
+                     "training-dynamics strategy in the protocol, each under its own objective: "
+                     "measured TD (`td_measured_entropy`, `td_measured_margin`, "
+                     "`label_dispersion`), dynamicAL (`dynamical`) and TOD (`tod`). The "
+                     "difference is paired by seed, 95% t-interval in bold where it excludes "
+                     "zero. CSV: td_family.csv.\n")
+        lines.append(sec.tables["td_family"])
     if "class_accuracy" in sec.tables or "class_accuracy" in sec.skipped:
         lines.append("### Imbalanced pool: balanced and minority-class accuracy\n")
         lines.append("Balanced accuracy is the mean of the per-class test accuracies; the "

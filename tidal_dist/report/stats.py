@@ -201,6 +201,22 @@ def same_training_pairs(series: list[Series]) -> list[tuple[Series, Series]]:
     return pairs
 
 
+# The other training-dynamics strategies TiDAL is compared with, paired by seed: measured TD
+# (td_measured_*, label_dispersion), dynamicAL and TOD.
+TD_FAMILY = ("td_measured_entropy", "td_measured_margin", "label_dispersion", "dynamical", "tod")
+TIDAL_STRATEGIES = ("tidal_entropy", "tidal_margin")
+
+
+def td_family_pairs(series: list[Series]) -> list[tuple[Series, Series]]:
+    """(TiDAL series, other TD-family series), each under its own objective, for every such pair
+    in the protocol: the direct comparisons of predicted training dynamics with measured ones and
+    with dynamicAL and TOD."""
+    own = [x for x in series if x.objective == "auto"]
+    tidal = [x for name in TIDAL_STRATEGIES for x in own if x.strategy == name]
+    family = [x for name in TD_FAMILY for x in own if x.strategy == name]
+    return [(a, b) for a in tidal for b in family]
+
+
 def phase_seconds(series: Series) -> dict[str, Spread]:
     """Seconds per cycle spent in each phase, over every committed cycle of every seed."""
     values: dict[str, list[float]] = {}

@@ -103,29 +103,50 @@ def accuracy_table(protocol: Protocol, rows: dict[str, list[CycleRow]], folder: 
     return text
 
 
+def _paired_rows(pairs: list[tuple[Series, Series, list[CycleRow], list[CycleRow]]]
+                 ) -> tuple[list[list], list[list[str]]]:
+    """CSV and markdown rows of (first, second) series pairs: per cycle both accuracies and their
+    difference paired by seed (first minus second, percentage points) with its 95% interval.
+    `pairs`: (first series, second series, first's rows paired with the second series, the
+    second's own rows)."""
+    csv_rows, md_rows = [], []
+    for first, second, rows, second_rows in pairs:
+        for r, c in zip(rows, second_rows):
+            d = r.difference
+            csv_rows.append([r.cycle, r.labeled, first.label, second.label, r.accuracy.mean,
+                             r.accuracy.std, r.accuracy.n, c.accuracy.mean, c.accuracy.std,
+                             c.accuracy.n, d.mean, d.std, d.n] + ci_cells(d))
+            md_rows.append([str(r.cycle), str(r.labeled), f"{first.label} vs {second.label}",
+                            pm(r.accuracy), pm(c.accuracy), pm(d, n=True), ci(d)])
+    return csv_rows, md_rows
+
+
+def _paired_csv_columns(first: str, second: str) -> list[str]:
+    return ["cycle", "labeled", f"{first}_series", f"{second}_series", f"{first}_acc_mean",
+            f"{first}_acc_std", f"{first}_acc_n", f"{second}_acc_mean", f"{second}_acc_std",
+            f"{second}_acc_n", "diff_mean", "diff_std", "diff_n", "diff_ci_low", "diff_ci_high",
+            "diff_ci_excludes_zero"]
+
+
 def same_training_table(pairs: list[tuple[Series, Series, list[CycleRow], list[CycleRow]]],
                         folder: Path) -> str:
     """same_training.csv / markdown: per cycle and (module, classifier) pair, both accuracies and
-    their difference paired by seed (module minus classifier, percentage points).
-    `pairs`: (module series, classifier series, module rows paired with the classifier series,
-    the classifier's own rows)."""
-    csv_rows, md_rows = [], []
-    for module, classifier, rows, classifier_rows in pairs:
-        for r, c in zip(rows, classifier_rows):
-            d = r.difference
-            csv_rows.append([r.cycle, r.labeled, module.label, classifier.label, r.accuracy.mean,
-                             r.accuracy.std, r.accuracy.n, c.accuracy.mean, c.accuracy.std,
-                             c.accuracy.n, d.mean, d.std, d.n] + ci_cells(d))
-            md_rows.append([str(r.cycle), str(r.labeled), f"{module.label} vs {classifier.label}",
-                            pm(r.accuracy), pm(c.accuracy), pm(d, n=True), ci(d)])
-    write_csv(folder / "same_training.csv",
-              ["cycle", "labeled", "module_series", "classifier_series", "module_acc_mean",
-               "module_acc_std", "module_acc_n", "classifier_acc_mean", "classifier_acc_std",
-               "classifier_acc_n", "diff_mean", "diff_std", "diff_n", "diff_ci_low", "diff_ci_high",
-               "diff_ci_excludes_zero"], csv_rows)
+    their difference paired by seed (module minus classifier, percentage points)."""
+    csv_rows, md_rows = _paired_rows(pairs)
+    write_csv(folder / "same_training.csv", _paired_csv_columns("module", "classifier"), csv_rows)
     return markdown(["cycle", "labels", "module score vs classifier score", "module %",
                      "classifier %", "Δ module − classifier, pp (paired)", "95% CI of Δ"],
                     md_rows)
+
+
+def td_family_table(pairs: list[tuple[Series, Series, list[CycleRow], list[CycleRow]]],
+                    folder: Path) -> str:
+    """td_family.csv / markdown: per cycle and (TiDAL series, other TD-family series) pair, both
+    accuracies and their difference paired by seed (TiDAL minus the other, percentage points)."""
+    csv_rows, md_rows = _paired_rows(pairs)
+    write_csv(folder / "td_family.csv", _paired_csv_columns("tidal", "other"), csv_rows)
+    return markdown(["cycle", "labels", "TiDAL vs other TD strategy", "TiDAL %", "other %",
+                     "Δ TiDAL − other, pp (paired)", "95% CI of Δ"], md_rows)
 
 
 def class_accuracy_table(protocol: Protocol, balanced: dict[str, list[CycleRow]],
