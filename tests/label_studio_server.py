@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VERSION = "1.23.2"
+# label-studio 1.23.2 passes sentry_sdk.init options that sentry-sdk 3 refuses at start-up
+# ("Unknown option 'send_default_pii'"), and its requirements do not cap sentry-sdk.
+REQUIREMENTS = (f"label-studio=={VERSION}", "sentry-sdk<3")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tidal_dist"
 VENV = Path(os.environ.get("TIDAL_LABEL_STUDIO_VENV", CACHE / "label-studio-venv"))
 TEMPLATE = CACHE / f"label-studio-{VERSION}-data"
@@ -30,19 +33,21 @@ USER, PASSWORD = "admin@example.com", "adminpass123"
 
 
 def installed() -> bool:
-    return (VENV / ".complete").exists()
+    """The venv is built, with these requirements (an older build is rebuilt)."""
+    stamp = VENV / ".complete"
+    return stamp.exists() and stamp.read_text().split() == list(REQUIREMENTS)
 
 
 def install(timeout: float = 1800) -> None:
-    """Build the venv (once): python -m venv + pip install label-studio==VERSION."""
+    """Build the venv (once): python -m venv + pip install REQUIREMENTS."""
     if installed():
         return
     shutil.rmtree(VENV, ignore_errors=True)
     VENV.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
-    subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q",
-                    f"label-studio=={VERSION}"], check=True, timeout=timeout)
-    (VENV / ".complete").touch()
+    subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", *REQUIREMENTS],
+                   check=True, timeout=timeout)
+    (VENV / ".complete").write_text("\n".join(REQUIREMENTS) + "\n")
 
 
 def free_port() -> int:
