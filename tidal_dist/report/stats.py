@@ -204,7 +204,7 @@ def same_training_pairs(series: list[Series]) -> list[tuple[Series, Series]]:
 # The other training-dynamics strategies TiDAL is compared with, paired by seed: measured TD
 # (td_measured_*, label_dispersion), dynamicAL and TOD.
 TD_FAMILY = ("td_measured_entropy", "td_measured_margin", "label_dispersion", "dynamical", "tod")
-TIDAL_STRATEGIES = ("tidal_entropy", "tidal_margin")
+TIDAL_STRATEGIES = tuple(module for module, _ in MODULE_VS_CLASSIFIER)
 
 
 def td_family_pairs(series: list[Series]) -> list[tuple[Series, Series]]:
